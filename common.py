@@ -1,0 +1,130 @@
+"""Helpers shared by the scripts: flags, config, device, and safe checkpoints.
+
+Checkpoints are plain dicts of tensors, numbers, strings, lists and dicts, so they load with
+torch.load(..., weights_only=True): loading one never runs code. Each says what it is ("kind"),
+carries its whole experiment config, and is written atomically (temporary file, flush, fsync,
+rename), so a kill at any moment leaves the previous file intact.
+"""
+
+import argparse
+import dataclasses
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from config import Config, DallEConfig, DVAEConfig, from_dict, load_config
+from dvae import DiscreteVAE
+from errors import UserError
+
+DEFAULT_CONFIG = "configs/dall_e_mnist.yaml"
+KIND_NAMES = {"dvae": "a dVAE checkpoint (from train_dvae.py)", "dall_e": "a DALL-E checkpoint (from train_mnist.py)"}
+
+
+def add_common_flags(parser, output_dir):
+    parser.add_argument("--config_path", default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
+    parser.add_argument("--data_dir", default="data", help="where MNIST is read or downloaded (default: %(default)s)")
+    parser.add_argument("--output_dir", default=output_dir, help="where outputs are written (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set dvae.codebook_size=64 (repeatable)",
+    )
+
+
+def add_training_flags(parser):
+    parser.add_argument("--num_training_steps", type=int, help="training steps (default: from the config)")
+    parser.add_argument("--batch_size", type=int, help="global batch size, split across processes (default: from the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/latest.pt to the same final step")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; default: off)")
+
+
+def experiment_config(args, section, stored=None):
+    """The config for a run: the YAML (or a resumed checkpoint's config), then flags."""
+    overrides = list(args.set)
+    for flag in ("num_training_steps", "batch_size"):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{section}.{flag}={getattr(args, flag)}")
+    if stored is None:
+        return load_config(args.config_path, overrides)
+    config = config_from_dict(stored)
+    return load_config(None, overrides, base=config)
+
+
+def config_from_dict(values):
+    return Config(**{f.name: from_dict(f.type, values.get(f.name, {})) for f in dataclasses.fields(Config)})
+
+
+def pick_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise UserError(f"unknown --device '{name}'; use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but this machine has no CUDA GPU; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def save_checkpoint(payload, path):
+    """Write atomically: a kill mid-write leaves the previous file at `path` untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path, kind):
+    """Load a checkpoint of the given kind safely, or raise UserError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"refused to load {path}: it needs arbitrary unpickling (code could run); nothing was executed")
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: truncated or not a checkpoint ({str(error).splitlines()[0][:120]})")
+    found = checkpoint.get("kind") if isinstance(checkpoint, dict) else None
+    if found != kind:
+        what = KIND_NAMES.get(found, "not a checkpoint of this project")
+        raise UserError(f"{path} is {what}, but {KIND_NAMES[kind]} is expected here")
+    return checkpoint
+
+
+def dvae_from_checkpoint(checkpoint):
+    """Rebuild the frozen dVAE from a dVAE checkpoint or from the copy inside a DALL-E checkpoint."""
+    part = checkpoint["dvae"] if checkpoint["kind"] == "dall_e" else checkpoint
+    config = from_dict(DVAEConfig, part["dvae_config"])
+    model = DiscreteVAE(config)
+    model.load_state_dict(part["model"])
+    return model.eval().requires_grad_(False)
+
+
+def check_dvae_matches(dvae_config: DVAEConfig, expected: DVAEConfig, source):
+    """The dVAE checkpoint must be the one the experiment config describes."""
+    for name in ("codebook_size", "image_size", "channels", "grid_size"):
+        have, want = getattr(dvae_config, name), getattr(expected, name)
+        if have != want:
+            raise UserError(f"dVAE checkpoint {source} has {name}={have} but the config's dvae.{name} is {want}")
+
+
+def dall_e_config_of(checkpoint):
+    return from_dict(DallEConfig, checkpoint["config"]["dall_e"])

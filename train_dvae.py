@@ -1,0 +1,109 @@
+"""Train the discrete VAE on MNIST: stage one of DALL-E (paper section 2.1).
+
+    python train_dvae.py                       # defaults: a few minutes on a laptop CPU
+    python train_dvae.py --num_training_steps 500 --set dvae.codebook_size=64
+
+Writes to --output_dir (default output/dvae): recon-<step>.png (originals | reconstructions),
+dvae-<step>.pt every sample_every steps and at the end, and latest.pt at least every
+checkpoint_seconds. --resume continues from latest.pt.
+"""
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from common import add_common_flags, add_training_flags, experiment_config, load_checkpoint
+from data import batch_indices, load_train_and_heldout, to_float
+from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
+from errors import run_main
+from training import Loop, autocast, cosine, finish_run, fit, set_rng_state, start_run, wrap
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(parser, output_dir="output/dvae")
+    add_training_flags(parser)
+    return parser.parse_args(argv)
+
+
+def schedules(t, step):
+    """(temperature, kl_weight, learning_rate) at `step` (appendix A.2, cosine schedules)."""
+    total = t.num_training_steps
+    temperature = cosine(t.temperature_start, t.temperature_end, step / max(1.0, t.temperature_anneal_fraction * total))
+    kl_weight = t.kl_weight * min(1.0, step / max(1.0, t.kl_warmup_fraction * total))
+    learning_rate = cosine(t.learning_rate, t.min_learning_rate, step / total)
+    return temperature, kl_weight, learning_rate
+
+
+def save_reconstructions(dvae, images, path, device):
+    """64 held-out originals (left) beside their reconstructions through hard codes (right)."""
+    x = to_float(images[:64]).to(device)
+    originals = make_grid(x, nrow=8, padding=2, pad_value=0.5)
+    reconstructions = make_grid(dvae.decode(dvae.encode(x)), nrow=8, padding=2, pad_value=0.5)
+    gap = torch.full((originals.shape[0], originals.shape[1], 8), 1.0, device=device)
+    save_image(torch.cat([originals, gap, reconstructions], dim=2), path)
+
+
+def main():
+    args = parse_args()
+    output_dir = Path(args.output_dir)
+    resumed = load_checkpoint(output_dir / "latest.pt", "dvae") if args.resume else None
+    config = experiment_config(args, "train_dvae", stored=resumed and resumed["config"])
+    t = config.train_dvae
+    run = start_run(args.device, args.seed, t.batch_size)
+    (train_images, _), (heldout_images, _) = load_train_and_heldout(
+        args.data_dir, config.dvae.image_size, config.dvae.channels, log=run.log
+    )
+    model = DiscreteVAE(config.dvae)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate)
+    start_step = 0
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        set_rng_state(resumed["rng"])
+        start_step = resumed["step"]
+        run.log(f"resuming from {output_dir / 'latest.pt'} at step {start_step}")
+    ddp_model = wrap(model, run)
+    run.log(f"dVAE: {sum(p.numel() for p in model.parameters()):,} parameters, {config.dvae.codebook_size} codes")
+    batches = batch_indices(len(train_images), t.batch_size, args.seed, start_step, run.rank, run.world_size)
+
+    def train_step(step):
+        temperature, kl_weight, learning_rate = schedules(t, step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        images = to_float(train_images[next(batches)]).to(run.device)
+        out = ddp_model(images, temperature, kl_weight)
+        _, perplexity = codebook_usage(out["codes"], config.dvae.codebook_size)
+        return {"loss": out["loss"], "mse": out["mse"], "tau": temperature, "ppl": perplexity}
+
+    def on_sample(step):
+        model.eval()
+        heldout = reconstruction_metrics(model, heldout_images, run.device)
+        save_reconstructions(model, heldout_images, output_dir / f"recon-{step}.png", run.device)
+        model.train()
+        run.log(
+            f"step {step}: held-out MSE {heldout['mse']:.4f}, "
+            f"codes used {heldout['codes_used']}/{config.dvae.codebook_size}, perplexity {heldout['perplexity']:.1f}"
+        )
+
+    def make_checkpoint(step):
+        return {
+            "kind": "dvae",
+            "config": dataclasses.asdict(config),
+            "dvae_config": dataclasses.asdict(config.dvae),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+
+    loop = Loop("dvae", output_dir, t.num_training_steps, t.sample_every, t.checkpoint_seconds, t.grad_clip, ("loss", "mse", "tau", "ppl"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fit(loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step, autocast(run, args.bf16))
+    run.log(f"done: {output_dir / 'latest.pt'}")
+    finish_run(run)
+
+
+if __name__ == "__main__":
+    run_main(main)

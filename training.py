@@ -1,0 +1,168 @@
+"""The training loop both training scripts share, with its schedules and torchrun support.
+
+Run a script directly for one process, or under `torchrun --nproc_per_node=N` for N: each
+process trains on its own share of every batch (DistributedDataParallel, gloo on CPU, NCCL on
+CUDA) and rank 0 alone writes logs, grids and checkpoints.
+"""
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from common import pick_device, save_checkpoint
+from errors import UserError
+
+
+def cosine(start, end, progress):
+    """Cosine interpolation from `start` (progress 0) to `end` (progress >= 1)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Run:
+    """Where this process stands: its device, rank and the world it belongs to."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def log(self, message):
+        if self.is_main:
+            tqdm.write(message)
+
+
+def start_run(device_name, seed, batch_size):
+    """Pick the device, join torchrun's process group if there is one, seed every process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        run = Run(pick_device(device_name))
+    else:
+        local_rank = int(os.environ["LOCAL_RANK"])
+        device = pick_device(device_name)
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        run = Run(device, dist.get_rank(), world_size)
+    if batch_size % run.world_size:
+        raise UserError(f"batch_size {batch_size} must be divisible by the {run.world_size} processes")
+    torch.manual_seed(seed + run.rank)
+    return run
+
+
+def finish_run(run):
+    if run.world_size > 1:
+        dist.destroy_process_group()
+
+
+def wrap(model, run):
+    """Move to the device; under torchrun, wrap in DistributedDataParallel."""
+    model = model.to(run.device)
+    if run.world_size == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+
+
+def autocast(run, bf16):
+    if not bf16:
+        return contextlib.nullcontext()
+    if run.device.type != "cuda":
+        raise UserError("--bf16 needs a CUDA device; leave it off on CPU and MPS")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class Loop:
+    """What the shared loop needs from a script."""
+
+    name: str  # checkpoint prefix: "dvae" -> dvae-<step>.pt
+    output_dir: Path
+    total_steps: int
+    sample_every: int
+    checkpoint_seconds: float
+    grad_clip: float
+    shown: tuple  # metric names for the progress bar
+
+
+def fit(loop: Loop, run: Run, model, optimizer, train_step, make_checkpoint, on_sample, start_step=0, precision=None):
+    """Optimise from start_step to loop.total_steps.
+
+    train_step(step) -> dict of scalar tensors with "loss" (the script sets its schedules there);
+    make_checkpoint(step) -> the script's checkpoint dict; on_sample(step) writes grids (rank 0).
+    latest.pt is refreshed at least every checkpoint_seconds; <name>-<step>.pt every sample_every
+    steps and at the end. Ctrl-C saves latest.pt and exits; a non-finite loss stops training
+    and keeps the last good checkpoint.
+    """
+    latest = loop.output_dir / "latest.pt"
+
+    def save(step, numbered=False):
+        if run.is_main:
+            payload = make_checkpoint(step) | {"step": step, "rng": rng_state()}
+            save_checkpoint(payload, latest)
+            if numbered:
+                save_checkpoint(payload, loop.output_dir / f"{loop.name}-{step}.pt")
+
+    last_save = time.monotonic()
+    step = start_step
+    bar = tqdm(total=loop.total_steps, initial=start_step, desc=loop.name, disable=not run.is_main, dynamic_ncols=True)
+    try:
+        while step < loop.total_steps:
+            with precision or contextlib.nullcontext():
+                metrics = train_step(step)
+            loss = metrics["loss"]
+            shown = {k: f"{float(metrics[k].detach() if torch.is_tensor(metrics[k]) else metrics[k]):.4g}" for k in loop.shown}
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"{loop.name} loss became {loss.item()} at step {step + 1}; {latest} still holds the last good "
+                    "weights; try a lower learning rate (--set <section>.learning_rate=...) or --resume"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if loop.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(shown, refresh=False)
+            if step % loop.sample_every == 0 or step == loop.total_steps:
+                if run.is_main:
+                    on_sample(step)
+                save(step, numbered=True)
+                last_save = time.monotonic()
+            elif time.monotonic() - last_save >= loop.checkpoint_seconds:
+                save(step)
+                last_save = time.monotonic()
+    except KeyboardInterrupt:
+        bar.close()
+        save(step)
+        if run.is_main:
+            print(f"interrupted at step {step}: saved {latest}; continue with --resume", file=sys.stderr)
+        sys.exit(130)
+    bar.close()
