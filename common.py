@@ -128,3 +128,23 @@ def check_dvae_matches(dvae_config: DVAEConfig, expected: DVAEConfig, source):
 
 def dall_e_config_of(checkpoint):
     return from_dict(DallEConfig, checkpoint["config"]["dall_e"])
+
+
+def dall_e_from_checkpoint(checkpoint):
+    """(model, dvae, tokenizer) rebuilt from a DALL-E checkpoint alone, ready for sampling."""
+    from dall_e import DallE
+    from tokenizer import Tokenizer
+
+    config = dall_e_config_of(checkpoint)
+    tokenizer = Tokenizer(config.text_length)
+    if tokenizer.vocabulary != checkpoint["vocabulary"]:
+        raise UserError("the checkpoint's vocabulary differs from this code's tokenizer; it was made by another version")
+    dvae = dvae_from_checkpoint(checkpoint)
+    model = DallE(config, dvae.config, tokenizer.vocab_size)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), dvae, tokenizer
+
+
+def encode_prompts(tokenizer, prompts):
+    """Prompts -> (P, T) token ids; the first bad prompt raises UserError naming it."""
+    return torch.tensor([tokenizer.encode(p) for p in prompts], dtype=torch.long)

