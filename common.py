@@ -21,7 +21,11 @@ from dvae import DiscreteVAE
 from errors import UserError
 
 DEFAULT_CONFIG = "configs/dall_e_mnist.yaml"
-KIND_NAMES = {"dvae": "a dVAE checkpoint (from train_dvae.py)", "dall_e": "a DALL-E checkpoint (from train_mnist.py)"}
+KIND_NAMES = {
+    "dvae": "a dVAE checkpoint (from train_dvae.py)",
+    "dall_e": "a DALL-E checkpoint (from train_mnist.py)",
+    "judge": "a judge classifier checkpoint (from evaluate.py)",
+}
 
 
 def add_common_flags(parser, output_dir):

@@ -133,7 +133,7 @@ def main():
     output_dir.mkdir(parents=True, exist_ok=True)
     fit(loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step, autocast(run, args.bf16))
     run.log(f"done: {output_dir / 'latest.pt'}")
-    finish_run(run)
+    finish_run(run, model)
 
 
 if __name__ == "__main__":

@@ -64,9 +64,17 @@ def start_run(device_name, seed, batch_size):
     return run
 
 
-def finish_run(run):
-    if run.world_size > 1:
-        dist.destroy_process_group()
+def finish_run(run, model):
+    """Under torchrun: check that every process ends with the same weights, then leave the group."""
+    if run.world_size == 1:
+        return
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.empty_like(weights) for _ in range(run.world_size)]
+    dist.all_gather(gathered, weights)
+    if not all(torch.equal(gathered[0], other) for other in gathered[1:]):
+        raise UserError("the processes ended with different weights; please report this as a bug")
+    run.log(f"all {run.world_size} processes hold identical weights")
+    dist.destroy_process_group()
 
 
 def wrap(model, run):

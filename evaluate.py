@@ -1,0 +1,131 @@
+"""Measure a trained DALL-E: does it draw the digit it is asked for, and how well?
+
+    python evaluate.py --test_data_dir ../shared/mnist/raw
+
+Prints a table and writes OUTPUT_DIR/metrics.json (default output/eval):
+  prompt accuracy   share of generated digits the judge (judge.py) reads as the prompted digit,
+                    over --samples_per_digit images per digit and spelling, overall and per digit;
+  judge FID         Frechet distance between generated and held-out real digits in the judge's
+                    feature space (not Inception FID), beside the real-vs-real floor;
+  bits/image token  held-out cross-entropy of the transformer on real digits given their label;
+  dVAE              held-out reconstruction MSE, codes used and codebook perplexity.
+Held-out digits are MNIST's test split, from --test_data_dir (default: --data_dir).
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from common import dall_e_from_checkpoint, encode_prompts, load_checkpoint, pick_device
+from dall_e import generate_images, heldout_losses
+from data import load_mnist, to_float
+from dvae import reconstruction_metrics
+from errors import run_main
+from judge import classify, frechet_distance, load_or_train_judge
+from tokenizer import DIGITS, WORDS
+
+JUDGE_MIN_ACCURACY = 0.98
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dall_e_checkpoint", default="output/dall_e/latest.pt", help="default: %(default)s")
+    parser.add_argument("--data_dir", default="data", help="training digits, for the judge (default: %(default)s)")
+    parser.add_argument("--test_data_dir", help="folder with MNIST's t10k-*-ubyte(.gz) files (default: --data_dir)")
+    parser.add_argument("--samples_per_digit", type=int, default=100, help="per digit and spelling (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="default: %(default)s")
+    parser.add_argument("--top_k", type=int, help="default: all codes")
+    parser.add_argument("--batch_size", type=int, default=1000, help="images sampled at once (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
+    parser.add_argument("--judge_path", default="output/judge/judge.pt", help="cached judge (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="default: %(default)s")
+    return parser.parse_args(argv)
+
+
+def generate_for_every_digit(model, dvae, tokenizer, args, device):
+    """Images for every digit in both spellings: (N, C, S, S), their digits (N,), seconds spent."""
+    prompts = [p for p in DIGITS + WORDS for _ in range(args.samples_per_digit)]
+    digits = torch.arange(10).repeat_interleave(args.samples_per_digit).repeat(2)
+    text = encode_prompts(tokenizer, prompts).to(device)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    start = time.perf_counter()
+    images = [generate_images(model, dvae, t, args.temperature, args.top_k, generator).cpu() for t in text.split(args.batch_size)]
+    return torch.cat(images), digits, time.perf_counter() - start
+
+
+def measure(args):
+    device = pick_device(args.device)
+    model, dvae, tokenizer = dall_e_from_checkpoint(load_checkpoint(args.dall_e_checkpoint, "dall_e"))
+    model.to(device), dvae.to(device)
+    size, channels = dvae.config.image_size, dvae.config.channels
+    test_images, test_labels = load_mnist(args.test_data_dir or args.data_dir, False, size, channels)
+    judge = load_or_train_judge(args.judge_path, *load_mnist(args.data_dir, True, size, channels), device)
+    judged, real_features = classify(judge, test_images, device)
+    judge_accuracy = (judged == test_labels).float().mean().item()
+
+    images, digits, seconds = generate_for_every_digit(model, dvae, tokenizer, args, device)
+    predicted, fake_features = classify(judge, images, device)
+    correct = predicted == digits
+    n = len(images)
+    real_a, real_b = real_features[:n], real_features[n : 2 * n]
+
+    spelling = torch.arange(len(test_labels)) % 2
+    text = encode_prompts(tokenizer, DIGITS + WORDS)[test_labels + 10 * spelling].to(device)
+    codes = torch.cat([dvae.encode(to_float(x).to(device)).flatten(1) for x in test_images.split(1000)])
+    with torch.no_grad():
+        losses = heldout_losses(model, text, codes)
+    return {
+        "prompt_accuracy": correct.float().mean().item(),
+        "prompt_accuracy_per_digit": {str(d): correct[digits == d].float().mean().item() for d in range(10)},
+        "prompt_accuracy_digits": correct[: n // 2].float().mean().item(),
+        "prompt_accuracy_words": correct[n // 2 :].float().mean().item(),
+        "judge_fid": frechet_distance(fake_features, real_a),
+        "judge_fid_real_vs_real": frechet_distance(real_b, real_a) if len(real_b) == n else None,
+        "bits_per_image_token": losses["image_loss"] / math.log(2),
+        "dvae": reconstruction_metrics(dvae, test_images, device),
+        "judge_heldout_accuracy": judge_accuracy,
+        "samples": n,
+        "sampling_images_per_second": n / seconds,
+        "heldout_digits": len(test_images),
+    }
+
+
+def print_table(m, codebook_size):
+    floor = m["judge_fid_real_vs_real"]
+    rows = [
+        ("prompt accuracy", f"{m['prompt_accuracy']:.1%} of {m['samples']} samples "
+                            f"(digits {m['prompt_accuracy_digits']:.1%}, words {m['prompt_accuracy_words']:.1%})"),
+        ("  per digit", " ".join(f"{d}:{a:.0%}" for d, a in m["prompt_accuracy_per_digit"].items())),
+        ("judge FID", f"{m['judge_fid']:.2f}" + (f" (real vs real floor {floor:.2f}, ratio {m['judge_fid'] / floor:.2f}x)" if floor else "")),
+        ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['heldout_digits']:,} held-out digits"),
+        ("dVAE held-out MSE", f"{m['dvae']['mse']:.5f}"),
+        ("dVAE codes used", f"{m['dvae']['codes_used']}/{codebook_size}, perplexity {m['dvae']['perplexity']:.1f}"),
+        ("judge accuracy", f"{m['judge_heldout_accuracy']:.2%} on held-out real digits"),
+        ("sampling speed", f"{m['sampling_images_per_second']:.0f} images/s (batch of up to {m.get('batch_size')})"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def main():
+    args = parse_args()
+    metrics = measure(args) | {"batch_size": args.batch_size, "checkpoint": str(args.dall_e_checkpoint)}
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    codebook_size = load_checkpoint(args.dall_e_checkpoint, "dall_e")["dvae"]["dvae_config"]["codebook_size"]
+    print_table(metrics, codebook_size)
+    if metrics["judge_heldout_accuracy"] < JUDGE_MIN_ACCURACY:
+        print(f"warning: the judge reads only {metrics['judge_heldout_accuracy']:.1%} of real digits right; "
+              f"its verdicts mean little below {JUDGE_MIN_ACCURACY:.0%}")
+    print(f"wrote {output_dir / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,182 @@
+"""Never lose work, never crash on bad input, and train the same under torchrun."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, TINY, assert_clean_error, run_script
+
+LONGER = {**TINY, "train_dvae": {**TINY["train_dvae"], "num_training_steps": 400, "sample_every": 1000}}
+
+
+def config_file(tmp_path, values):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def start(script, *args):
+    return subprocess.Popen(
+        [sys.executable, script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for(path, process, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_sigkill_at_random_moments_never_loses_the_checkpoint(tmp_path, mnist_dir):
+    config = config_file(tmp_path, LONGER)
+    out = tmp_path / "dvae"
+    args = ["--config_path", config, "--data_dir", mnist_dir, "--output_dir", out, "--device", "cpu"]
+    rng = random.Random(0)
+    for trial in range(3):
+        process = start("train_dvae.py", *args, *(["--resume"] if trial else []))
+        if trial == 0:
+            wait_for(out / "latest.pt", process)
+        time.sleep(rng.uniform(0.5, 2.5) if trial else rng.uniform(0.0, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        checkpoint = torch.load(out / "latest.pt", weights_only=True)  # always loads, whole
+        assert 0 < checkpoint["step"] <= 400
+    finished = run_script("train_dvae.py", *args, "--resume")
+    assert finished.returncode == 0, finished.stderr
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == 400
+    assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("script", ["train_dvae.py", "train_mnist.py"])
+def test_resuming_reproduces_the_uninterrupted_run(tmp_path, mnist_dir, script):
+    config = config_file(tmp_path, {**TINY, "train_dvae": {**TINY["train_dvae"], "sample_every": 3},
+                                    "train_dall_e": {**TINY["train_dall_e"], "sample_every": 3}})
+    common = ["--config_path", config, "--data_dir", mnist_dir, "--device", "cpu"]
+    if script == "train_mnist.py":
+        dvae_dir = tmp_path / "dvae"
+        assert run_script("train_dvae.py", *common, "--output_dir", dvae_dir).returncode == 0
+        common += ["--dvae_checkpoint", dvae_dir / "latest.pt"]
+    prefix = "dvae" if script == "train_dvae.py" else "dall_e"
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert run_script(script, *common, "--output_dir", whole).returncode == 0
+    resumed.mkdir()
+    shutil.copy(whole / f"{prefix}-3.pt", resumed / "latest.pt")  # as if stopped at step 3
+    result = run_script(script, *common, "--output_dir", resumed, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout and "at step 3" in result.stdout
+    a = torch.load(whole / "latest.pt", weights_only=True)
+    b = torch.load(resumed / "latest.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(tensor, b["model"][name], rtol=1e-5, atol=1e-6)
+
+
+def test_ctrl_c_saves_and_exits_with_one_line(tmp_path, mnist_dir):
+    out = tmp_path / "dvae"
+    process = start("train_dvae.py", "--config_path", config_file(tmp_path, LONGER), "--data_dir", mnist_dir, "--output_dir", out)
+    wait_for(out / "latest.pt", process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted at step") and "--resume" in last
+    step = int(last.split()[3].rstrip(":"))
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == step
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"kind": "dall_e", "model": Payload()}, crafted)
+    result = run_script("generate_mnist.py", "--dall_e_checkpoint", crafted)
+    assert_clean_error(result, "refused", "nothing was executed")
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_named(tmp_path, mnist_dir):
+    out = tmp_path / "dvae"
+    config = config_file(tmp_path, TINY)
+    assert run_script("train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out).returncode == 0
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((out / "latest.pt").read_bytes()[:2000])
+    result = run_script("train_mnist.py", "--dvae_checkpoint", broken, "--config_path", config, "--output_dir", tmp_path / "x")
+    assert_clean_error(result, "truncated or not a checkpoint")
+
+
+def test_a_dvae_that_does_not_match_the_config_is_named(tmp_path, mnist_dir):
+    out = tmp_path / "dvae"
+    config = config_file(tmp_path, TINY)
+    assert run_script("train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out).returncode == 0
+    result = run_script(
+        "train_mnist.py", "--dvae_checkpoint", out / "latest.pt", "--config_path", config, "--set", "dvae.codebook_size=32",
+        "--output_dir", tmp_path / "x",
+    )
+    assert_clean_error(result, "codebook_size=16", "dvae.codebook_size is 32")
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--set", "train_dvae.batch_size=big"], ["train_dvae.batch_size", "must be int"]),
+        (["--set", "dall_e.text_length=0"], ["text_length must be >= 1"]),
+        (["--set", "train_dvae.learning_rat=0.1"], ["did you mean 'learning_rate'"]),
+        (["--num_training_steps", "0"], ["num_training_steps must be >= 1"]),
+        (["--device", "tpu"], ["unknown --device 'tpu'"]),
+        (["--resume"], ["checkpoint not found"]),
+    ],
+)
+def test_bad_flags_get_one_line_and_status_2(tmp_path, tiny_config, flags, fragments):
+    result = run_script("train_dvae.py", "--config_path", tiny_config, "--output_dir", tmp_path, *flags)
+    assert_clean_error(result, *fragments)
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir):
+    out = tmp_path / "dvae"
+    config = config_file(tmp_path, LONGER)
+    result = run_script(
+        "train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out,
+        "--set", "train_dvae.learning_rate=1e30", "--set", "train_dvae.min_learning_rate=1e30",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "loss became" in result.stderr and "at step" in result.stderr
+    if (out / "latest.pt").exists():
+        checkpoint = torch.load(out / "latest.pt", weights_only=True)
+        assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+def test_every_flag_is_documented_with_its_default():
+    for script in ("train_dvae.py", "train_mnist.py", "generate_mnist.py", "evaluate.py"):
+        result = run_script(script, "--help")
+        assert result.returncode == 0
+        assert "default" in result.stdout and "--device" in result.stdout
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this PyTorch build has no torch.distributed")
+def test_two_processes_under_torchrun_stay_in_sync(tmp_path, mnist_dir):
+    out = tmp_path / "dvae"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_dvae.py",
+         "--config_path", config_file(tmp_path, TINY), "--data_dir", mnist_dir, "--output_dir", out, "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "all 2 processes hold identical weights" in result.stdout
+    assert result.stdout.count("done:") == 1  # rank 0 alone logs ...
+    assert sorted(p.name for p in out.glob("*.pt")) == ["dvae-3.pt", "dvae-6.pt", "latest.pt"]  # ... and writes
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == 6
