@@ -101,6 +101,11 @@ def _coerce(where, value, kind):
     """Check one value against its field's type; ints are accepted where floats are."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if type(value) is not kind:
         raise UserError(f"{where} must be {kind.__name__}, got {value!r}")
     return value

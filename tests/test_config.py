@@ -47,5 +47,7 @@ def test_missing_file_and_bad_override(tmp_path):
         load_config(None, ["codebook_size=3"])
 
 
-def test_ints_accepted_for_floats():
+def test_ints_and_exponents_accepted_for_floats(tmp_path):
     assert load_config(None, ["train_dvae.learning_rate=1"]).train_dvae.learning_rate == 1.0
+    assert load_config(None, ["train_dvae.learning_rate=1e-3"]).train_dvae.learning_rate == 0.001
+    assert load_config(write(tmp_path, "train_dvae:\n  learning_rate: 3e-4\n")).train_dvae.learning_rate == 3e-4
