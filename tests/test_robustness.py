@@ -161,7 +161,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 
 
 def test_every_flag_is_documented_with_its_default():
-    for script in ("train_dvae.py", "train_mnist.py", "generate_mnist.py", "evaluate.py"):
+    for script in ("train_dvae.py", "train_mnist.py", "generate_mnist.py", "evaluate.py", "benchmark.py"):
         result = run_script(script, "--help")
         assert result.returncode == 0
         assert "default" in result.stdout and "--device" in result.stdout
