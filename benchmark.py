@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import DEFAULT_CONFIG, pick_device
+from common import DEFAULT_CONFIG, pick_device, print_rows
 from config import load_config
 from dall_e import DallE, generate_images
 from dvae import DiscreteVAE
@@ -135,9 +135,7 @@ def print_table(f):
                                      f"{f['sampling_images_per_s_batch_large_no_cache']:.0f} without"),
         ("peak memory", f"{f['peak_memory_bytes'] / 2**20:.0f} MiB"),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows)
 
 
 def main():

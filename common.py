@@ -154,3 +154,10 @@ def dall_e_from_checkpoint(checkpoint):
 def encode_prompts(tokenizer, prompts):
     """Prompts -> (P, T) token ids; the first bad prompt raises UserError naming it."""
     return torch.tensor([tokenizer.encode(p) for p in prompts], dtype=torch.long)
+
+
+def print_rows(rows):
+    """Print (name, value) pairs as a two-column table."""
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")

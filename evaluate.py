@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import dall_e_from_checkpoint, encode_prompts, load_checkpoint, pick_device
+from common import dall_e_from_checkpoint, encode_prompts, load_checkpoint, pick_device, print_rows
 from dall_e import generate_images, heldout_losses
 from data import load_mnist, to_float
 from dvae import reconstruction_metrics
@@ -108,9 +108,7 @@ def print_table(m, codebook_size):
         ("judge accuracy", f"{m['judge_heldout_accuracy']:.2%} on held-out real digits"),
         ("sampling speed", f"{m['sampling_images_per_second']:.0f} images/s (batch of up to {m.get('batch_size')})"),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows)
 
 
 def main():

@@ -19,7 +19,7 @@ from common import add_common_flags, add_training_flags, experiment_config, load
 from data import batch_indices, load_train_and_heldout, to_float
 from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
 from errors import run_main
-from training import Loop, autocast, cosine, finish_run, fit, set_rng_state, start_run, wrap
+from training import Loop, autocast, cosine, finish_run, fit, restore, set_learning_rate, start_run, wrap
 
 
 def parse_args(argv=None):
@@ -59,21 +59,14 @@ def main():
     )
     model = DiscreteVAE(config.dvae)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate)
-    start_step = 0
-    if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        set_rng_state(resumed["rng"])
-        start_step = resumed["step"]
-        run.log(f"resuming from {output_dir / 'latest.pt'} at step {start_step}")
+    start_step = restore(resumed, model, optimizer, run)
     ddp_model = wrap(model, run)
     run.log(f"dVAE: {sum(p.numel() for p in model.parameters()):,} parameters, {config.dvae.codebook_size} codes")
     batches = batch_indices(len(train_images), t.batch_size, args.seed, start_step, run.rank, run.world_size)
 
     def train_step(step):
         temperature, kl_weight, learning_rate = schedules(t, step)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
+        set_learning_rate(optimizer, learning_rate)
         images = to_float(train_images[next(batches)]).to(run.device)
         out = ddp_model(images, temperature, kl_weight)
         _, perplexity = codebook_usage(out["codes"], config.dvae.codebook_size)

@@ -26,7 +26,7 @@ from dall_e import DallE, generate_images, heldout_losses
 from data import batch_indices, load_train_and_heldout, to_float
 from errors import run_main
 from tokenizer import DIGITS, WORDS, Tokenizer
-from training import Loop, autocast, cosine, finish_run, fit, set_rng_state, start_run, wrap
+from training import Loop, autocast, cosine, finish_run, fit, restore, set_learning_rate, start_run, wrap
 from transformer import MASK_KINDS, mask_density
 
 SAMPLE_PROMPTS = DIGITS + WORDS  # the grid drawn during training: one row per spelling
@@ -84,21 +84,14 @@ def main():
 
     model = DallE(config.dall_e, dvae.config, tokenizer.vocab_size)
     optimizer = make_optimizer(model, t)
-    start_step = 0
-    if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        set_rng_state(resumed["rng"])
-        start_step = resumed["step"]
-        run.log(f"resuming from {output_dir / 'latest.pt'} at step {start_step}")
+    start_step = restore(resumed, model, optimizer, run)
     ddp_model = wrap(model, run)
     densities = ", ".join(f"{k} {mask_density(k, dvae.config.grid_size, config.dall_e.conv_kernel):.0%}" for k in MASK_KINDS)
     run.log(f"DALL-E: {sum(p.numel() for p in model.parameters()):,} parameters; masks keep {densities} of causal image pairs")
     batches = batch_indices(len(train_codes), t.batch_size, args.seed, start_step, run.rank, run.world_size)
 
     def train_step(step):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(t, step)
+        set_learning_rate(optimizer, learning_rate(t, step))
         index = next(batches)
         spelling = torch.randint(0, 2, (len(index),))  # "7" or "seven", drawn afresh every step
         text = prompt_ids[train_labels[index], spelling].to(run.device)

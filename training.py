@@ -106,6 +106,22 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def restore(checkpoint, model, optimizer, run):
+    """Load model, optimiser and random state from a checkpoint; returns the step to continue from."""
+    if checkpoint is None:
+        return 0
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"])
+    run.log(f"resuming at step {checkpoint['step']}")
+    return checkpoint["step"]
+
+
+def set_learning_rate(optimizer, learning_rate):
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+
+
 @dataclass
 class Loop:
     """What the shared loop needs from a script."""
