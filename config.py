@@ -12,6 +12,7 @@ Unknown sections or keys, wrong types and out-of-range values are rejected with 
 before any work starts.
 """
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -102,10 +103,8 @@ def _coerce(where, value, kind):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-        try:
+        with contextlib.suppress(ValueError):
             return float(value)
-        except ValueError:
-            pass
     if type(value) is not kind:
         raise UserError(f"{where} must be {kind.__name__}, got {value!r}")
     return value
