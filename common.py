@@ -151,6 +151,15 @@ def dall_e_from_checkpoint(checkpoint):
     return model.eval(), dvae, tokenizer
 
 
+def reranker_from_checkpoint(checkpoint, path):
+    """The reranker (rerank.py) stored in a DALL-E checkpoint."""
+    from rerank import reranker_from_state
+
+    if "reranker" not in checkpoint:
+        raise UserError(f"{path} holds no reranker (an older train_mnist.py made it); use --candidates 1 or retrain")
+    return reranker_from_state(checkpoint["reranker"])
+
+
 def encode_prompts(tokenizer, prompts):
     """Prompts -> (P, T) token ids; the first bad prompt raises UserError naming it."""
     return torch.tensor([tokenizer.encode(p) for p in prompts], dtype=torch.long)

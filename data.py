@@ -131,6 +131,26 @@ def to_float(images):
     return images.float().div_(255.0)
 
 
+def random_affine(images, generator, max_shift, max_degrees, max_scale):
+    """Move every digit by its own small random rotation, scaling and shift.
+
+    images (N, C, S, S) float -> (N, C, S, S) float, resampled bilinearly. Each parameter is drawn
+    uniformly from [-max, +max]: the shift in pixels, the angle in degrees, the scale around 1.
+    """
+    n, _, size, _ = images.shape
+
+    def uniform(limit):
+        return (torch.rand(n, generator=generator) * 2 - 1) * limit  # (N,)
+
+    angle = torch.deg2rad(uniform(max_degrees))
+    scale = 1 + uniform(max_scale)
+    shift_x, shift_y = uniform(max_shift) * 2 / size, uniform(max_shift) * 2 / size  # pixels -> [-1, 1] units
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (N, S, S, 2): where each pixel reads from
+    return F.grid_sample(images, grid, align_corners=False)
+
+
 def batch_indices(num_examples, batch_size, seed, step, rank=0, world_size=1):
     """Yield this rank's index batches from training step `step` on, forever.
 

@@ -7,6 +7,7 @@ Prints a table and writes OUTPUT_DIR/metrics.json (default output/eval):
                     over --samples_per_digit images per digit and spelling, overall and per digit;
   judge FID         Frechet distance between generated and held-out real digits in the judge's
                     feature space (not Inception FID), beside the real-vs-real floor;
+                    both for single draws and for the best of --candidates draws (rerank.py);
   bits/image token  held-out cross-entropy of the transformer on real digits given their label;
   dVAE              held-out reconstruction MSE, codes used and codebook perplexity.
 Held-out digits are MNIST's test split, from --test_data_dir (default: --data_dir).
@@ -20,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from common import dall_e_from_checkpoint, encode_prompts, load_checkpoint, pick_device, print_rows
+from common import dall_e_from_checkpoint, encode_prompts, load_checkpoint, pick_device, print_rows, reranker_from_checkpoint
 from dall_e import generate_images, heldout_losses
 from data import load_mnist, to_float
 from dvae import reconstruction_metrics
-from errors import run_main
+from errors import UserError, run_main
 from judge import classify, frechet_distance, load_or_train_judge
+from rerank import DEFAULT_CANDIDATES
 from tokenizer import DIGITS, WORDS
 
 JUDGE_MIN_ACCURACY = 0.98
@@ -37,6 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", default="data", help="training digits, for the judge (default: %(default)s)")
     parser.add_argument("--test_data_dir", help="folder with MNIST's t10k-*-ubyte(.gz) files (default: --data_dir)")
     parser.add_argument("--samples_per_digit", type=int, default=100, help="per digit and spelling (default: %(default)s)")
+    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="draws per image for reranking (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=1.0, help="default: %(default)s")
     parser.add_argument("--top_k", type=int, help="default: all codes")
     parser.add_argument("--batch_size", type=int, default=1000, help="images sampled at once (default: %(default)s)")
@@ -47,20 +50,38 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def generate_for_every_digit(model, dvae, tokenizer, args, device):
+def generate_for_every_digit(model, dvae, tokenizer, args, device, reranker=None, candidates=1):
     """Images for every digit in both spellings: (N, C, S, S), their digits (N,), seconds spent."""
     prompts = [p for p in DIGITS + WORDS for _ in range(args.samples_per_digit)]
     digits = torch.arange(10).repeat_interleave(args.samples_per_digit).repeat(2)
     text = encode_prompts(tokenizer, prompts).to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
     start = time.perf_counter()
-    images = [generate_images(model, dvae, t, args.temperature, args.top_k, generator).cpu() for t in text.split(args.batch_size)]
+    images = [
+        generate_images(model, dvae, t, args.temperature, args.top_k, generator, reranker=reranker, candidates=candidates).cpu()
+        for t in text.split(max(1, args.batch_size // candidates))
+    ]
     return torch.cat(images), digits, time.perf_counter() - start
+
+
+def judge_samples(judge, images, digits, real_features, device):
+    """Prompt accuracy (overall, per digit, per spelling) and judge FID of generated images."""
+    predicted, fake_features = classify(judge, images, device)
+    correct = predicted == digits
+    n = len(images)
+    return {
+        "prompt_accuracy": correct.float().mean().item(),
+        "prompt_accuracy_per_digit": {str(d): correct[digits == d].float().mean().item() for d in range(10)},
+        "prompt_accuracy_digits": correct[: n // 2].float().mean().item(),
+        "prompt_accuracy_words": correct[n // 2 :].float().mean().item(),
+        "judge_fid": frechet_distance(fake_features, real_features[:n]),
+    }
 
 
 def measure(args):
     device = pick_device(args.device)
-    model, dvae, tokenizer = dall_e_from_checkpoint(load_checkpoint(args.dall_e_checkpoint, "dall_e"))
+    checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
+    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
     model.to(device), dvae.to(device)
     size, channels = dvae.config.image_size, dvae.config.channels
     test_images, test_labels = load_mnist(args.test_data_dir or args.data_dir, False, size, channels)
@@ -69,8 +90,11 @@ def measure(args):
     judge_accuracy = (judged == test_labels).float().mean().item()
 
     images, digits, seconds = generate_for_every_digit(model, dvae, tokenizer, args, device)
-    predicted, fake_features = classify(judge, images, device)
-    correct = predicted == digits
+    draws = {"1": judge_samples(judge, images, digits, real_features, device)}
+    if args.candidates > 1:
+        reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint).to(device)
+        best, _, _ = generate_for_every_digit(model, dvae, tokenizer, args, device, reranker, args.candidates)
+        draws[str(args.candidates)] = judge_samples(judge, best, digits, real_features, device)
     n = len(images)
     real_a, real_b = real_features[:n], real_features[n : 2 * n]
 
@@ -80,11 +104,7 @@ def measure(args):
     with torch.no_grad():
         losses = heldout_losses(model, text, codes)
     return {
-        "prompt_accuracy": correct.float().mean().item(),
-        "prompt_accuracy_per_digit": {str(d): correct[digits == d].float().mean().item() for d in range(10)},
-        "prompt_accuracy_digits": correct[: n // 2].float().mean().item(),
-        "prompt_accuracy_words": correct[n // 2 :].float().mean().item(),
-        "judge_fid": frechet_distance(fake_features, real_a),
+        "best_of": draws,
         "judge_fid_real_vs_real": frechet_distance(real_b, real_a) if len(real_b) == n else None,
         "bits_per_image_token": losses["image_loss"] / math.log(2),
         "dvae": reconstruction_metrics(dvae, test_images, device),
@@ -97,22 +117,29 @@ def measure(args):
 
 def print_table(m, codebook_size):
     floor = m["judge_fid_real_vs_real"]
-    rows = [
-        ("prompt accuracy", f"{m['prompt_accuracy']:.1%} of {m['samples']} samples "
-                            f"(digits {m['prompt_accuracy_digits']:.1%}, words {m['prompt_accuracy_words']:.1%})"),
-        ("  per digit", " ".join(f"{d}:{a:.0%}" for d, a in m["prompt_accuracy_per_digit"].items())),
-        ("judge FID", f"{m['judge_fid']:.2f}" + (f" (real vs real floor {floor:.2f}, ratio {m['judge_fid'] / floor:.2f}x)" if floor else "")),
+    rows = []
+    for candidates, d in m["best_of"].items():
+        draw = "one draw" if candidates == "1" else f"best of {candidates}"
+        rows += [
+            (f"prompt accuracy, {draw}", f"{d['prompt_accuracy']:.1%} of {m['samples']} samples "
+                                         f"(digits {d['prompt_accuracy_digits']:.1%}, words {d['prompt_accuracy_words']:.1%})"),
+            ("  per digit", " ".join(f"{k}:{a:.0%}" for k, a in d["prompt_accuracy_per_digit"].items())),
+            (f"judge FID, {draw}", f"{d['judge_fid']:.2f}" + (f" (real vs real floor {floor:.2f}, ratio {d['judge_fid'] / floor:.2f}x)" if floor else "")),
+        ]
+    rows += [
         ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['heldout_digits']:,} held-out digits"),
         ("dVAE held-out MSE", f"{m['dvae']['mse']:.5f}"),
         ("dVAE codes used", f"{m['dvae']['codes_used']}/{codebook_size}, perplexity {m['dvae']['perplexity']:.1f}"),
         ("judge accuracy", f"{m['judge_heldout_accuracy']:.2%} on held-out real digits"),
-        ("sampling speed", f"{m['sampling_images_per_second']:.0f} images/s (batch of up to {m.get('batch_size')})"),
+        ("sampling speed", f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m.get('batch_size')})"),
     ]
     print_rows(rows)
 
 
 def main():
     args = parse_args()
+    if args.candidates < 1 or args.samples_per_digit < 1 or args.batch_size < 1:
+        raise UserError("--candidates, --samples_per_digit and --batch_size must each be >= 1")
     metrics = measure(args) | {"batch_size": args.batch_size, "checkpoint": str(args.dall_e_checkpoint)}
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

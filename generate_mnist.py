@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from common import (
     check_dvae_matches, dall_e_from_checkpoint, dvae_from_checkpoint, encode_prompts, load_checkpoint, pick_device,
+    reranker_from_checkpoint,
 )
 from dall_e import generate_images
 from errors import UserError, run_main
+from rerank import DEFAULT_CANDIDATES
 
 # The 64 prompts of the lesson's results grid, row by row.
 LESSON_PROMPTS = """
@@ -46,6 +48,10 @@ def parse_args(argv=None):
     parser.add_argument("--prompt", action="append", default=[], help="a prompt such as 7 or seven (repeatable)")
     parser.add_argument("--prompts_file", help="a text file with one prompt per line")
     parser.add_argument("--samples_per_prompt", type=int, default=1, help="default: %(default)s")
+    parser.add_argument(
+        "--candidates", type=int, default=DEFAULT_CANDIDATES,
+        help="draws per image; the reranker keeps the best (paper section 2.3; 1 turns it off; default: %(default)s)",
+    )
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: %(default)s)")
     parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
@@ -68,6 +74,8 @@ def read_prompts(args):
 def check_sampling_args(args, codebook_size):
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples_per_prompt must be >= 1, got {args.samples_per_prompt}")
+    if args.candidates < 1:
+        raise UserError(f"--candidates must be >= 1, got {args.candidates}")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     if not args.temperature > 0:
@@ -77,12 +85,15 @@ def check_sampling_args(args, codebook_size):
 
 
 @torch.no_grad()
-def sample(model, dvae, text, args, device):
+def sample(model, dvae, text, args, device, reranker=None):
     """text (N, T) -> images (N, C, S, S) in [0, 1], in batches, from one seeded generator."""
     generator = torch.Generator(device).manual_seed(args.seed)
     chunks = []
     for batch in tqdm(text.split(args.batch_size), desc="sampling", unit="batch"):
-        chunks.append(generate_images(model, dvae, batch.to(device), args.temperature, args.top_k, generator).cpu())
+        images = generate_images(
+            model, dvae, batch.to(device), args.temperature, args.top_k, generator, reranker=reranker, candidates=args.candidates
+        )
+        chunks.append(images.cpu())
     return torch.cat(chunks)
 
 
@@ -104,7 +115,9 @@ def save_labelled_grid(images, prompts, path):
 def main():
     args = parse_args()
     device = pick_device(args.device)
-    model, dvae, tokenizer = dall_e_from_checkpoint(load_checkpoint(args.dall_e_checkpoint, "dall_e"))
+    checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
+    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
+    reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint) if args.candidates > 1 else None
     if args.dvae_checkpoint:
         own = dvae.config
         dvae = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"))
@@ -113,7 +126,7 @@ def main():
     prompts = [p for p in read_prompts(args) for _ in range(args.samples_per_prompt)]
     text = encode_prompts(tokenizer, prompts)  # (N, T); unknown words fail here, before any work
     model.to(device), dvae.to(device)
-    images = sample(model, dvae, text, args, device)
+    images = sample(model, dvae, text, args, device, reranker and reranker.to(device))
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     np.savez(output_dir / "samples.npz", images=images.numpy().astype(np.float32), prompts=np.array(prompts))

@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from common import (
     add_common_flags, add_training_flags, check_dvae_matches, dvae_from_checkpoint, encode_prompts,
-    experiment_config, load_checkpoint,
+    experiment_config, load_checkpoint, reranker_from_checkpoint,
 )
 from dall_e import DallE, generate_images, heldout_losses
-from data import batch_indices, load_train_and_heldout, to_float
+from data import batch_indices, load_train_and_heldout, random_affine, to_float
 from errors import run_main
+from rerank import reranker_state, train_reranker
 from tokenizer import DIGITS, WORDS, Tokenizer
 from training import Loop, autocast, cosine, finish_run, fit, restore, set_learning_rate, start_run, wrap
 from transformer import MASK_KINDS, mask_density
@@ -49,10 +50,24 @@ def learning_rate(t, step):
 
 
 @torch.no_grad()
-def encode_all(dvae, images, device, batch_size=500):
-    """(M, C, S, S) uint8 -> (M, G*G) image tokens, raster order."""
-    chunks = [dvae.encode(to_float(x).to(device)).flatten(1).cpu() for x in tqdm(images.split(batch_size), desc="tokenising", leave=False)]
+def encode_all(dvae, images, device, augment=None, batch_size=500):
+    """(M, C, S, S) uint8 -> (M, G*G) image tokens, raster order; `augment` moves each float batch first."""
+    chunks = []
+    for x in tqdm(images.split(batch_size), desc="tokenising", leave=False):
+        x = to_float(x)
+        chunks.append(dvae.encode((augment(x) if augment else x).to(device)).flatten(1).cpu())
     return torch.cat(chunks)
+
+
+def tokenise_training_set(dvae, images, labels, t, seed, device):
+    """The digits as they are, plus t.augment_copies randomly moved copies of each (see README)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def augment(x):
+        return random_affine(x, generator, t.augment_shift, t.augment_degrees, t.augment_scale)
+
+    codes = [encode_all(dvae, images, device)] + [encode_all(dvae, images, device, augment) for _ in range(t.augment_copies)]
+    return torch.cat(codes), labels.repeat(1 + t.augment_copies)
 
 
 def make_optimizer(model, t):
@@ -77,9 +92,13 @@ def main():
     (train_images, train_labels), (heldout_images, heldout_labels) = load_train_and_heldout(
         args.data_dir, config.dvae.image_size, config.dvae.channels, log=run.log
     )
-    train_codes = encode_all(dvae, train_images, run.device)
-    heldout_codes = encode_all(dvae, heldout_images, run.device)
     prompt_ids = torch.stack([encode_prompts(tokenizer, DIGITS), encode_prompts(tokenizer, WORDS)], dim=1)  # (10, 2, T)
+    if resumed:
+        reranker = reranker_from_checkpoint(resumed, output_dir / "latest.pt")
+    else:
+        reranker = train_reranker(train_images, train_labels, prompt_ids, tokenizer, run.device, seed=args.seed)
+    train_codes, train_labels = tokenise_training_set(dvae, train_images, train_labels, t, args.seed, run.device)
+    heldout_codes = encode_all(dvae, heldout_images, run.device)
     heldout_text = prompt_ids[heldout_labels, torch.arange(len(heldout_labels)) % 2]  # (M, T), both spellings
 
     model = DallE(config.dall_e, dvae.config, tokenizer.vocab_size)
@@ -119,6 +138,7 @@ def main():
             "dvae": {"dvae_config": dataclasses.asdict(dvae.config), "model": dvae.state_dict()},
             "dvae_checkpoint": str(args.dvae_checkpoint),
             "model": model.state_dict(),
+            "reranker": reranker_state(reranker),
             "optimizer": optimizer.state_dict(),
         }
 

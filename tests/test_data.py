@@ -1,6 +1,6 @@
 import torch
 
-from data import batch_indices, load_mnist, read_idx_folder, split_heldout, to_model_images
+from data import batch_indices, load_mnist, random_affine, read_idx_folder, split_heldout, to_model_images
 
 
 def test_padding_keeps_digits_pixel_exact():
@@ -48,3 +48,26 @@ def test_heldout_split_covers_every_digit_even_when_data_is_sorted():
     assert set(heldout_labels.tolist()) == set(range(10)) == set(train_labels.tolist())
     assert len(heldout_images) == 100 and len(train_images) == 400
     assert not set(train_images.tolist()) & set(heldout_images.tolist())
+
+
+def centre_of_mass(images):
+    """(N, 1, S, S) -> (N, 2) as (x, y) pixel coordinates."""
+    grid = torch.arange(images.shape[-1], dtype=torch.float32)
+    mass = images.sum(dim=(1, 2, 3))
+    return torch.stack([(images.sum(dim=(1, 2)) * grid).sum(1) / mass, (images.sum(dim=(1, 3)) * grid).sum(1) / mass], 1)
+
+
+def test_random_affine_moves_each_digit_within_its_limits():
+    images = torch.zeros(64, 1, 32, 32)
+    images[:, :, 12:20, 14:18] = 1.0  # a bar in the middle, away from the border
+    generator = torch.Generator().manual_seed(0)
+    assert torch.allclose(random_affine(images, generator, 0, 0, 0), images, atol=1e-6)
+    shifted = random_affine(images, generator, 3, 0, 0)
+    moved = centre_of_mass(shifted) - centre_of_mass(images)
+    assert moved.abs().max() <= 3 + 1e-3
+    assert moved.abs().max() > 1.5 and moved.std(0).min() > 0.5  # digits move differently
+    assert torch.allclose(shifted.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)), rtol=1e-3)  # ink is kept
+    scaled = random_affine(images, generator, 0, 0, 0.2)
+    ink_ratio = scaled.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))  # area grows with scale**2
+    assert ink_ratio.min() >= 0.8**2 - 0.02 and ink_ratio.max() <= 1.2**2 + 0.02
+    assert ink_ratio.max() - ink_ratio.min() > 0.3

@@ -1,0 +1,134 @@
+"""Reranking (paper section 2.3): draw several candidates per prompt, keep one that matches.
+
+DALL-E draws up to 512 images per caption and ranks them with CLIP (Radford et al., 2021), a
+contrastive model that scores how well an image matches a caption. Ours is CLIP in miniature,
+trained by train_mnist.py on the same training digits as the transformer, in seconds:
+
+    text encoder   mean of the prompt's word embeddings, projected     -> unit vector (E,)
+    image encoder  a small strided CNN                                  -> unit vector (E,)
+    score          cosine similarity of the two, times a learned scale
+
+It is trained contrastively over the captions it knows, the 20 one-word prompts: each image is
+scored against all of them, and the softmax is pushed towards the two that name its digit. It
+never sees the judge (judge.py) that evaluate.py measures with.
+
+Which candidate to keep: the paper keeps the top-scored one. On MNIST that picks the most
+typical digit every time, so the samples lose their variety (measured in README "Results").
+We keep the first candidate the reranker accepts, one whose digit it reads as the prompted
+digit with probability above one half, and fall back to its favourite when it accepts none.
+That filters out wrong digits while leaving the transformer's choice among right ones alone.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import random_affine, to_float
+from training import cosine, set_learning_rate
+
+DEFAULT_CANDIDATES = 4  # draws per prompt in generate_mnist.py and evaluate.py (see README "Results")
+
+
+@dataclass
+class RerankerShape:
+    vocab_size: int  # the tokenizer's, pads included
+    num_words: int  # ids below this are words; the rest are padding
+    text_length: int
+    channels: int = 1
+    digits: int = 10
+    spellings: int = 2  # known captions per digit: "7" and "seven"
+    embed_dim: int = 64
+
+
+class Reranker(nn.Module):
+    def __init__(self, shape: RerankerShape):
+        super().__init__()
+        self.shape = shape
+        self.num_words = shape.num_words
+        self.word_embedding = nn.Embedding(shape.vocab_size, shape.embed_dim)
+        self.text_projection = nn.Linear(shape.embed_dim, shape.embed_dim)
+        self.image_encoder = nn.Sequential(
+            nn.Conv2d(shape.channels, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, S/2, S/2)
+            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (B, 64, S/4, S/4)
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),  # (B, 64 * 16)
+            nn.Linear(64 * 16, shape.embed_dim),
+        )
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learned temperature
+        captions = torch.zeros(shape.digits * shape.spellings, shape.text_length, dtype=torch.long)
+        self.register_buffer("captions", captions)  # (P, T) the known captions, digit-major; set by train_reranker
+
+    def encode_text(self, text):
+        """(P, T) token ids -> (P, E) unit vectors; padding is left out of the mean."""
+        words = (text < self.num_words).float().unsqueeze(-1)  # (P, T, 1)
+        mean = (self.word_embedding(text) * words).sum(1) / words.sum(1).clamp(min=1)  # (P, E)
+        return F.normalize(self.text_projection(mean), dim=-1)
+
+    def encode_image(self, images):
+        """(B, C, S, S) in [0, 1] -> (B, E) unit vectors."""
+        return F.normalize(self.image_encoder(images), dim=-1)
+
+    def logits(self, images, prompts):
+        """(B, C, S, S) images against (P, T) prompts -> (B, P) scores."""
+        return self.log_scale.exp() * self.encode_image(images) @ self.encode_text(prompts).T
+
+    def digit_probabilities(self, images):
+        """(B, C, S, S) -> (B, digits): softmax over the known captions, summed over each digit's spellings."""
+        p = self.logits(images, self.captions).softmax(dim=-1)  # (B, P)
+        return p.view(len(images), self.shape.digits, self.shape.spellings).sum(-1)
+
+    def digit_of(self, text):
+        """(B, T) prompts -> (B,) the digit of the known caption whose text embedding is nearest."""
+        nearest = (self.encode_text(text) @ self.encode_text(self.captions).T).argmax(dim=-1)  # (B,)
+        return nearest // self.shape.spellings
+
+
+def train_reranker(images, labels, prompt_ids, tokenizer, device, steps=600, batch_size=128, learning_rate=2e-3, seed=0):
+    """images (N, C, S, S) uint8, labels (N,), prompt_ids (10, spellings, T) -> a trained Reranker (eval mode)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    digits, spellings, text_length = prompt_ids.shape
+    shape = RerankerShape(tokenizer.vocab_size, len(tokenizer.words), text_length, images.shape[1], digits, spellings)
+    model = Reranker(shape).to(device)
+    model.captions.copy_(prompt_ids.flatten(0, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    for step in tqdm(range(steps), desc="training reranker", leave=False):
+        set_learning_rate(optimizer, cosine(learning_rate, 0.0, step / steps))
+        index = torch.randint(0, len(images), (batch_size,), generator=generator)
+        x = random_affine(to_float(images[index]), generator, 2.0, 10.0, 0.1).to(device)
+        target = F.one_hot(labels[index], digits).float().repeat_interleave(spellings, dim=1) / spellings  # (B, P)
+        loss = F.cross_entropy(model.logits(x, model.captions), target.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def first_accepted(images, text, reranker, candidates):
+    """images (B * candidates, C, S, S) drawn for text (B, T), each prompt's adjacent -> (B, C, S, S).
+
+    Per prompt, the first candidate the reranker accepts (its prompted digit has probability
+    above 1/2); the most probable one where it accepts none.
+    """
+    B = len(text)
+    wanted = reranker.digit_of(text).repeat_interleave(candidates)  # (B * candidates,)
+    p = reranker.digit_probabilities(images)[torch.arange(len(images)), wanted].view(B, candidates)
+    accepted = p > 0.5
+    choice = torch.where(accepted.any(dim=1), accepted.float().argmax(dim=1), p.argmax(dim=1))  # (B,)
+    return images.view(B, candidates, *images.shape[1:])[torch.arange(B), choice]
+
+
+def reranker_state(model):
+    """What a checkpoint stores: the shape and the weights."""
+    return {"shape": dataclasses.asdict(model.shape), "model": model.state_dict()}
+
+
+def reranker_from_state(state):
+    model = Reranker(RerankerShape(**state["shape"]))
+    model.load_state_dict(state["model"])
+    return model.eval().requires_grad_(False)
