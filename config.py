@@ -78,6 +78,7 @@ class DallETrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     text_loss_weight: float = 1.0 / 8  # paper section 2.2: 1/8 text, 7/8 image
+    reranker_steps: int = 600  # training steps of the reranker (rerank.py), before the transformer's
     augment_copies: int = 0  # extra randomly moved copies of every training digit, tokenised once
     augment_shift: float = 2.0  # ... each shifted by up to this many pixels,
     augment_degrees: float = 10.0  # ... rotated by up to this many degrees,
@@ -225,6 +226,7 @@ def validate(config: Config):
     _require(
         0 <= d.text_loss_weight <= 1, f"train_dall_e.text_loss_weight must be in [0, 1], got {d.text_loss_weight}"
     )
+    _require(d.reranker_steps >= 1, f"train_dall_e.reranker_steps must be >= 1, got {d.reranker_steps}")
     for key in ("augment_copies", "augment_shift", "augment_degrees"):
         _require(getattr(d, key) >= 0, f"train_dall_e.{key} must be >= 0, got {getattr(d, key)}")
     _require(0 <= d.augment_scale < 1, f"train_dall_e.augment_scale must be in [0, 1), got {d.augment_scale}")

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import DallEConfig, DVAEConfig
-from rerank import first_accepted
+from rerank import rerank
 from transformer import Transformer
 
 
@@ -98,17 +98,19 @@ def sample_token(logits, temperature, top_k, generator):
 
 
 @torch.no_grad()
-def generate_images(model, dvae, text, temperature=1.0, top_k=None, generator=None, use_cache=True, reranker=None, candidates=1):
+def generate_images(
+    model, dvae, text, temperature=1.0, top_k=None, generator=None, use_cache=True, reranker=None, candidates=1, keep="first"
+):
     """text (B, T) -> images (B, C, S, S) in [0, 1].
 
-    With a reranker, each prompt gets `candidates` draws and keeps the first one the reranker
-    accepts as showing the prompt (paper section 2.3; see rerank.py).
+    With a reranker, each prompt gets `candidates` draws and keeps one: the first the reranker
+    accepts as showing the prompt, or its favourite (paper section 2.3; see rerank.py).
     """
     if reranker is None or candidates == 1:
         return dvae.decode(model.generate(text, temperature, top_k, generator, use_cache))
     drawn = text.repeat_interleave(candidates, dim=0)  # (B * candidates, T), each prompt's draws adjacent
     images = dvae.decode(model.generate(drawn, temperature, top_k, generator, use_cache))
-    return first_accepted(images, text, reranker, candidates)
+    return rerank(images, text, reranker, candidates, keep)
 
 
 @torch.no_grad()

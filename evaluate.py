@@ -27,7 +27,7 @@ from data import load_mnist, to_float
 from dvae import reconstruction_metrics
 from errors import UserError, run_main
 from judge import classify, frechet_distance, load_or_train_judge
-from rerank import DEFAULT_CANDIDATES
+from rerank import DEFAULT_CANDIDATES, KEEP
 from tokenizer import DIGITS, WORDS
 
 JUDGE_MIN_ACCURACY = 0.98
@@ -40,6 +40,7 @@ def parse_args(argv=None):
     parser.add_argument("--test_data_dir", help="folder with MNIST's t10k-*-ubyte(.gz) files (default: --data_dir)")
     parser.add_argument("--samples_per_digit", type=int, default=100, help="per digit and spelling (default: %(default)s)")
     parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="draws per image for reranking (default: %(default)s)")
+    parser.add_argument("--keep", choices=KEEP, default="first", help="which candidate reranking keeps (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=1.0, help="default: %(default)s")
     parser.add_argument("--top_k", type=int, help="default: all codes")
     parser.add_argument("--batch_size", type=int, default=1000, help="images sampled at once (default: %(default)s)")
@@ -57,10 +58,12 @@ def generate_for_every_digit(model, dvae, tokenizer, args, device, reranker=None
     text = encode_prompts(tokenizer, prompts).to(device)
     generator = torch.Generator(device).manual_seed(args.seed)
     start = time.perf_counter()
-    images = [
-        generate_images(model, dvae, t, args.temperature, args.top_k, generator, reranker=reranker, candidates=candidates).cpu()
-        for t in text.split(max(1, args.batch_size // candidates))
-    ]
+    images = []
+    for t in text.split(max(1, args.batch_size // candidates)):
+        drawn = generate_images(
+            model, dvae, t, args.temperature, args.top_k, generator, reranker=reranker, candidates=candidates, keep=args.keep
+        )
+        images.append(drawn.cpu())
     return torch.cat(images), digits, time.perf_counter() - start
 
 
@@ -119,7 +122,7 @@ def print_table(m, codebook_size):
     floor = m["judge_fid_real_vs_real"]
     rows = []
     for candidates, d in m["best_of"].items():
-        draw = "one draw" if candidates == "1" else f"best of {candidates}"
+        draw = "one draw" if candidates == "1" else f"{m['keep']} of {candidates}"
         rows += [
             (f"prompt accuracy, {draw}", f"{d['prompt_accuracy']:.1%} of {m['samples']} samples "
                                          f"(digits {d['prompt_accuracy_digits']:.1%}, words {d['prompt_accuracy_words']:.1%})"),
@@ -140,7 +143,8 @@ def main():
     args = parse_args()
     if args.candidates < 1 or args.samples_per_digit < 1 or args.batch_size < 1:
         raise UserError("--candidates, --samples_per_digit and --batch_size must each be >= 1")
-    metrics = measure(args) | {"batch_size": args.batch_size, "checkpoint": str(args.dall_e_checkpoint)}
+    settings = {"keep": args.keep, "batch_size": args.batch_size, "checkpoint": str(args.dall_e_checkpoint)}
+    metrics = measure(args) | settings
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -24,7 +24,7 @@ from common import (
 )
 from dall_e import generate_images
 from errors import UserError, run_main
-from rerank import DEFAULT_CANDIDATES
+from rerank import DEFAULT_CANDIDATES, KEEP
 
 # The 64 prompts of the lesson's results grid, row by row.
 LESSON_PROMPTS = """
@@ -50,7 +50,11 @@ def parse_args(argv=None):
     parser.add_argument("--samples_per_prompt", type=int, default=1, help="default: %(default)s")
     parser.add_argument(
         "--candidates", type=int, default=DEFAULT_CANDIDATES,
-        help="draws per image; the reranker keeps the best (paper section 2.3; 1 turns it off; default: %(default)s)",
+        help="draws per image, of which the reranker keeps one (paper section 2.3; 1 turns it off; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep", choices=KEEP, default="first",
+        help="the first candidate the reranker accepts, or its favourite (default: %(default)s)",
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: %(default)s)")
     parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
@@ -91,7 +95,8 @@ def sample(model, dvae, text, args, device, reranker=None):
     chunks = []
     for batch in tqdm(text.split(args.batch_size), desc="sampling", unit="batch"):
         images = generate_images(
-            model, dvae, batch.to(device), args.temperature, args.top_k, generator, reranker=reranker, candidates=args.candidates
+            model, dvae, batch.to(device), args.temperature, args.top_k, generator,
+            reranker=reranker, candidates=args.candidates, keep=args.keep,
         )
         chunks.append(images.cpu())
     return torch.cat(chunks)

@@ -15,7 +15,7 @@ never sees the judge (judge.py) that evaluate.py measures with.
 Which candidate to keep: the paper keeps the top-scored one. On MNIST that picks the most
 typical digit every time, so the samples lose their variety (measured in README "Results").
 We keep the first candidate the reranker accepts, one whose digit it reads as the prompted
-digit with probability above one half, and fall back to its favourite when it accepts none.
+digit with probability above ACCEPT = 0.9, and fall back to its favourite when it accepts none.
 That filters out wrong digits while leaving the transformer's choice among right ones alone.
 """
 
@@ -108,18 +108,25 @@ def train_reranker(images, labels, prompt_ids, tokenizer, device, steps=600, bat
     return model.eval().requires_grad_(False)
 
 
+KEEP = ("first", "best")
+ACCEPT = 0.9  # the reranker accepts a candidate when the prompted digit is at least this probable
+
+
 @torch.no_grad()
-def first_accepted(images, text, reranker, candidates):
+def rerank(images, text, reranker, candidates, keep="first"):
     """images (B * candidates, C, S, S) drawn for text (B, T), each prompt's adjacent -> (B, C, S, S).
 
-    Per prompt, the first candidate the reranker accepts (its prompted digit has probability
-    above 1/2); the most probable one where it accepts none.
+    keep="first": per prompt, the first candidate the reranker accepts (its prompted digit has
+    probability above ACCEPT), or the most probable one where it accepts none.
+    keep="best": the most probable one, as the paper does.
     """
     B = len(text)
     wanted = reranker.digit_of(text).repeat_interleave(candidates)  # (B * candidates,)
     p = reranker.digit_probabilities(images)[torch.arange(len(images)), wanted].view(B, candidates)
-    accepted = p > 0.5
-    choice = torch.where(accepted.any(dim=1), accepted.float().argmax(dim=1), p.argmax(dim=1))  # (B,)
+    choice = p.argmax(dim=1)  # (B,)
+    if keep == "first":
+        accepted = p > ACCEPT
+        choice = torch.where(accepted.any(dim=1), accepted.float().argmax(dim=1), choice)
     return images.view(B, candidates, *images.shape[1:])[torch.arange(B), choice]
 
 

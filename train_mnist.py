@@ -96,7 +96,9 @@ def main():
     if resumed:
         reranker = reranker_from_checkpoint(resumed, output_dir / "latest.pt")
     else:
-        reranker = train_reranker(train_images, train_labels, prompt_ids, tokenizer, run.device, seed=args.seed)
+        reranker = train_reranker(
+            train_images, train_labels, prompt_ids, tokenizer, run.device, t.reranker_steps, seed=args.seed
+        )
     train_codes, train_labels = tokenise_training_set(dvae, train_images, train_labels, t, args.seed, run.device)
     heldout_codes = encode_all(dvae, heldout_images, run.device)
     heldout_text = prompt_ids[heldout_labels, torch.arange(len(heldout_labels)) % 2]  # (M, T), both spellings

@@ -89,12 +89,14 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(c.n_embd, c.n_embd)
         self.dropout = c.dropout
 
-    def forward(self, x, mask, cache=None, layer=0, start=0):
+    def forward(self, x, mask, cache=None, layer=0, start=0, keys=None):
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)
         q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, nh, start + T, hs)
+        if keys is not None:  # one new token under a sparse mask: read only the keys it allows
+            k, v, mask = k.index_select(2, keys), v.index_select(2, keys), None  # (B, nh, A, hs)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
@@ -113,8 +115,8 @@ class Block(nn.Module):
             nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(), nn.Linear(4 * c.n_embd, c.n_embd), nn.Dropout(c.dropout)
         )
 
-    def forward(self, x, mask, cache=None, layer=0, start=0):
-        x = x + self.attn(self.ln_1(x), mask, cache, layer, start)
+    def forward(self, x, mask, cache=None, layer=0, start=0, keys=None):
+        x = x + self.attn(self.ln_1(x), mask, cache, layer, start, keys)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -132,6 +134,12 @@ class Transformer(nn.Module):
         masks = torch.stack([attention_mask(kind, c.text_length, grid_size, c.conv_kernel) for kind in MASK_KINDS])
         self.register_buffer("masks", masks, persistent=False)  # (3, L, L)
         self.layer_mask = [MASK_KINDS.index(kind) for kind in layer_mask_kinds(c.n_layer)]
+        # Sampling shortcut: for a token at position p, the keys the row or column mask allows,
+        # a few of up to p + 1; reading only those makes those layers' cached attention cheaper.
+        self.sparse_keys = {
+            MASK_KINDS.index(kind): [row.nonzero().squeeze(1) for row in masks[MASK_KINDS.index(kind)]]
+            for kind in ("row", "column")
+        }
 
     @property
     def max_length(self):
@@ -146,8 +154,11 @@ class Transformer(nn.Module):
         T = x.shape[1]
         x = x + self.position_embeddings()[start : start + T]
         for layer, block in enumerate(self.blocks):
-            mask = self.masks[self.layer_mask[layer], start : start + T, : start + T]  # (T, start + T)
-            x = block(x, mask, cache, layer, start)
+            kind = self.layer_mask[layer]
+            mask = self.masks[kind, start : start + T, : start + T]  # (T, start + T)
+            sparse = cache is not None and T == 1 and kind in self.sparse_keys
+            keys = self.sparse_keys[kind][start].to(x.device) if sparse else None  # (A,) or None
+            x = block(x, mask, cache, layer, start, keys)
         return self.ln_f(x)
 
     def new_cache(self, batch, device, dtype):

@@ -19,7 +19,8 @@ TINY = {
     "dvae": {"codebook_size": 16, "codebook_dim": 8, "hidden_dim": 4, "num_resnet_blocks": 1},
     "train_dvae": {"num_training_steps": 6, "batch_size": 8, "sample_every": 3, "checkpoint_seconds": 0},
     "dall_e": {"n_layer": 2, "n_head": 2, "n_embd": 16},
-    "train_dall_e": {"num_training_steps": 6, "batch_size": 8, "sample_every": 3, "warmup_steps": 2, "checkpoint_seconds": 0},
+    "train_dall_e": {"num_training_steps": 6, "batch_size": 8, "sample_every": 3, "warmup_steps": 2, "checkpoint_seconds": 0,
+                      "reranker_steps": 5},
 }
 
 

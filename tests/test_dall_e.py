@@ -2,7 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from config import DallEConfig, DVAEConfig
+from config import DallEConfig, DallETrainConfig, DVAEConfig
+from data import to_float
+from dvae import DiscreteVAE
 from dall_e import DallE, sample_token
 
 
@@ -71,3 +73,16 @@ def test_top_k_is_a_count_of_tokens_kept():
     drawn = sample_token(logits, 1.0, 3, generator)
     assert set(drawn.tolist()) <= {1, 2, 3}
     assert set(sample_token(logits, 100.0, None, generator).tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_training_set_gains_moved_copies_of_every_digit():
+    from train_mnist import tokenise_training_set
+
+    torch.manual_seed(0)
+    dvae = DiscreteVAE(DVAEConfig(codebook_size=16, codebook_dim=8, hidden_dim=4)).eval()
+    images = (torch.rand(5, 1, 32, 32) * 255).to(torch.uint8)
+    labels = torch.arange(5)
+    codes, repeated = tokenise_training_set(dvae, images, labels, DallETrainConfig(augment_copies=2), 0, "cpu")
+    assert codes.shape == (15, 64) and repeated.tolist() == labels.tolist() * 3
+    assert torch.equal(codes[:5], dvae.encode(to_float(images)).flatten(1))  # the originals come first, unmoved
+    assert not torch.equal(codes[5:10], codes[:5]) and not torch.equal(codes[10:], codes[5:10])

@@ -42,6 +42,7 @@ def test_train_mnist_writes_samples_prompts_and_a_self_contained_checkpoint(trai
     checkpoint = torch.load(trained["dall_e"] / "latest.pt", weights_only=True)
     assert checkpoint["kind"] == "dall_e" and checkpoint["step"] == 6
     assert "seven" in checkpoint["vocabulary"] and "dvae" in checkpoint
+    assert checkpoint["reranker"]["shape"]["digits"] == 10 and checkpoint["reranker"]["model"]["captions"].shape == (20, 2)
     assert "masks keep row" in trained["log"]
 
 
@@ -82,6 +83,7 @@ def test_generate_defaults_to_the_lessons_64_prompts(trained, tmp_path):
         (["--prompt", "7", "--top_k", "0"], ["--top_k"]),
         (["--prompt", "7", "--temperature", "0"], ["--temperature"]),
         (["--prompts_file", "no_such_file.txt"], ["prompts file not found"]),
+        (["--prompt", "7", "--candidates", "0"], ["--candidates must be >= 1"]),
     ],
 )
 def test_generate_rejects_bad_input_with_one_line(trained, args, fragments, tmp_path):
@@ -109,3 +111,17 @@ def test_train_dvae_rejects_bad_configs(tmp_path, tiny_config):
     assert_clean_error(
         run_script("train_dvae.py", "--config_path", tiny_config, "--set", "dvae.image_size=36"), "not grid_size=8 times"
     )
+
+
+def test_a_checkpoint_without_reranker_still_samples_single_draws(trained, tmp_path):
+    checkpoint = torch.load(trained["dall_e"] / "latest.pt", weights_only=True)
+    del checkpoint["reranker"]
+    old = tmp_path / "old.pt"
+    torch.save(checkpoint, old)
+    result = run_script("generate_mnist.py", "--dall_e_checkpoint", old, "--prompt", "7", "--output_dir", tmp_path)
+    assert_clean_error(result, "holds no reranker", "--candidates 1")
+    result = run_script(
+        "generate_mnist.py", "--dall_e_checkpoint", old, "--prompt", "7", "--candidates", "1", "--output_dir", tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "samples.npz")["images"].shape == (1, 1, 32, 32)
