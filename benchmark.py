@@ -6,6 +6,8 @@ Measures, with freshly initialised models of the experiment's sizes (speed does 
 the weights): this machine's float32 matmul peak; dVAE training images/s; transformer training
 tokens/s and the FLOP/s it achieves as a share of that peak; sampling images/s (tokens and dVAE
 decoding) with and without the KV cache, at batch 1 and at --large_batch; peak memory.
+With --profile it also prints where one cached sampling run at --large_batch spends its time,
+by operation, from torch.profiler.
 """
 
 import argparse
@@ -33,6 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per model (default: %(default)s)")
     parser.add_argument("--output_dir", default="output/bench", help="default: %(default)s")
     parser.add_argument("--device", default="auto", help="default: %(default)s")
+    parser.add_argument("--profile", action="store_true", help="also profile sampling at --large_batch")
     return parser.parse_args(argv)
 
 
@@ -78,6 +81,17 @@ def transformer_flops_per_token(model, context):
     return 6 * weights + 3 * attention
 
 
+def profile_sampling(model, dvae, prompts, device, rows=10):
+    """torch.profiler's table of the operations one cached sampling run spends most time in."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        generate_images(model, dvae, prompts)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return profiler.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def measure(args):
     device = pick_device(args.device)
     config = load_config(args.config_path)
@@ -113,6 +127,8 @@ def measure(args):
             figures[f"sampling_images_per_s_batch{'1' if batch == 1 else '_large'}_{'cache' if use_cache else 'no_cache'}"] = batch / seconds
         bar.update()
     bar.close()
+    if args.profile:  # prompts: the large batch, from the last turn of the loop above
+        print(profile_sampling(model, dvae, prompts, device))
     figures["large_batch"] = args.large_batch
     if device.type == "cuda":
         figures["peak_memory_bytes"] = torch.cuda.max_memory_allocated()

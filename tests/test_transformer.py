@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from config import DallEConfig
-from transformer import Transformer, attention_mask, layer_mask_kinds, mask_density
+from transformer import MASK_KINDS, Transformer, attention_mask, layer_mask_kinds, mask_density
 
 
 def brute_force_mask(kind, text_length, grid_size, kernel):
@@ -80,3 +80,12 @@ def test_kv_cache_matches_full_forward():
     for position in range(3, model.max_length):
         outputs.append(model(x[:, position : position + 1], position, cache))
     assert torch.allclose(torch.cat(outputs, dim=1), full, atol=1e-5)
+
+
+def test_sampling_reads_only_the_keys_row_and_column_masks_allow():
+    model = small_transformer()  # text 3, grid 4: layers row, column, row, conv
+    row, column = MASK_KINDS.index("row"), MASK_KINDS.index("column")
+    assert set(model.sparse_keys) == {row, column}
+    last = model.max_length - 1
+    assert model.sparse_keys[row][last].tolist() == [0, 1, 2] + list(range(last - 4, last + 1))  # prompt + one row's worth
+    assert model.sparse_keys[column][last].tolist() == [0, 1, 2] + list(range(3 + 3, last + 1, 4))  # prompt + its column
