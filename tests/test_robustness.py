@@ -87,7 +87,7 @@ def test_ctrl_c_saves_and_exits_with_one_line(tmp_path, mnist_dir):
     wait_for(out / "latest.pt", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted at step") and "--resume" in last
