@@ -23,9 +23,16 @@ def config_file(tmp_path, values):
     return path
 
 
+def default_sigint():
+    """A shell without job control starts background jobs with SIGINT ignored, and children inherit
+    that; restore the default so the script under test sees Ctrl-C as a user's terminal sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(script, *args):
     return subprocess.Popen(
-        [sys.executable, script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint,
     )
 
 
