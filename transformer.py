@@ -13,7 +13,8 @@ image tokens, each layer uses one of three causal masks on the G x G grid:
 Layer i (1-based) uses column attention if (i - 2) mod 4 == 0, row attention otherwise, and
 the last layer convolutional attention, as in the paper. The masks are built once as boolean
 tensors and sliced to the positions at hand; attention runs through
-F.scaled_dot_product_attention. A KV cache makes sampling cost one position's work per token.
+F.scaled_dot_product_attention. A KV cache makes sampling cost one position's work per token,
+and in row and column layers a new token reads only the few cached keys its mask allows.
 """
 
 import torch
