@@ -7,7 +7,8 @@ Prints a table and writes OUTPUT_DIR/metrics.json (default output/eval):
                     over --samples_per_digit images per digit and spelling, overall and per digit;
   judge FID         Frechet distance between generated and held-out real digits in the judge's
                     feature space (not Inception FID), beside the real-vs-real floor;
-                    both for single draws and for the best of --candidates draws (rerank.py);
+                    both for single draws and for the best of --candidates draws (rerank.py),
+                    and for real digits passed through the dVAE (the best the transformer could do);
   bits/image token  held-out cross-entropy of the transformer on real digits given their label;
   dVAE              held-out reconstruction MSE, codes used and codebook perplexity.
 Held-out digits are MNIST's test split, from --test_data_dir (default: --data_dir).
@@ -100,6 +101,9 @@ def measure(args):
         draws[str(args.candidates)] = judge_samples(judge, best, digits, real_features, device)
     n = len(images)
     real_a, real_b = real_features[:n], real_features[n : 2 * n]
+    with torch.no_grad():  # the floor's second set, through the dVAE: what a perfect transformer could reach
+        recon = torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in test_images[n : 2 * n].split(1000)])
+    _, recon_features = classify(judge, recon, device)
 
     spelling = torch.arange(len(test_labels)) % 2
     text = encode_prompts(tokenizer, DIGITS + WORDS)[test_labels + 10 * spelling].to(device)
@@ -109,6 +113,7 @@ def measure(args):
     return {
         "best_of": draws,
         "judge_fid_real_vs_real": frechet_distance(real_b, real_a) if len(real_b) == n else None,
+        "judge_fid_dvae_reconstructions": frechet_distance(recon_features, real_a) if len(real_b) == n else None,
         "bits_per_image_token": losses["image_loss"] / math.log(2),
         "dvae": reconstruction_metrics(dvae, test_images, device),
         "judge_heldout_accuracy": judge_accuracy,
@@ -129,6 +134,9 @@ def print_table(m, codebook_size):
             ("  per digit", " ".join(f"{k}:{a:.0%}" for k, a in d["prompt_accuracy_per_digit"].items())),
             (f"judge FID, {draw}", f"{d['judge_fid']:.2f}" + (f" (real vs real floor {floor:.2f}, ratio {d['judge_fid'] / floor:.2f}x)" if floor else "")),
         ]
+    if floor:
+        rows.append(("judge FID, dVAE recon.", f"{m['judge_fid_dvae_reconstructions']:.2f} (real digits through the dVAE: "
+                                              f"ratio {m['judge_fid_dvae_reconstructions'] / floor:.2f}x)"))
     rows += [
         ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['heldout_digits']:,} held-out digits"),
         ("dVAE held-out MSE", f"{m['dvae']['mse']:.5f}"),

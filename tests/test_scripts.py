@@ -1,5 +1,7 @@
 """The three scripts end to end, as a user runs them, on a tiny config and offline digits."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,26 @@ def test_a_checkpoint_without_reranker_still_samples_single_draws(trained, tmp_p
     )
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "samples.npz")["images"].shape == (1, 1, 32, 32)
+
+
+def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_dir, tmp_path):
+    from common import save_checkpoint
+    from judge import Judge
+
+    torch.manual_seed(0)
+    judge_path = tmp_path / "judge.pt"
+    save_checkpoint({"kind": "judge", "model": Judge().state_dict()}, judge_path)  # untrained: fast, and warned about
+    result = run_script(
+        "evaluate.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--data_dir", mnist_dir,
+        "--judge_path", judge_path, "--samples_per_digit", "2", "--candidates", "3", "--output_dir", tmp_path,
+        "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "prompt accuracy, first of 3" in result.stdout and "warning: the judge reads only" in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["best_of"]) == {"1", "3"} and metrics["samples"] == 40
+    for draws in metrics["best_of"].values():
+        assert 0 <= draws["prompt_accuracy"] <= 1 and len(draws["prompt_accuracy_per_digit"]) == 10
+        assert draws["judge_fid"] >= 0
+    assert metrics["judge_fid_real_vs_real"] >= 0 and metrics["judge_fid_dvae_reconstructions"] >= 0
+    assert metrics["dvae"]["codes_used"] >= 1 and metrics["bits_per_image_token"] > 0
