@@ -47,6 +47,39 @@ def add_training_flags(parser):
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; default: off)")
 
 
+# Sampling defaults (README "Finding the CPU recipe"): reranking filters out wrong digits, so the
+# transformer can sample above temperature 1 and give the reranker a wider choice.
+SAMPLING_TEMPERATURE = 1.3
+CANDIDATES = 8
+
+
+def add_sampling_flags(parser, batch_size):
+    """Flags shared by generate_mnist.py and evaluate.py: how images are drawn and reranked."""
+    parser.add_argument(
+        "--candidates", type=int, default=CANDIDATES,
+        help="draws per image, of which the reranker keeps one (paper section 2.3; 1 turns it off; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep", choices=("first", "best"), default="first",
+        help="the first candidate the reranker accepts, or its favourite (default: %(default)s)",
+    )
+    parser.add_argument("--temperature", type=float, default=SAMPLING_TEMPERATURE, help="softmax temperature (default: %(default)s)")
+    parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--batch_size", type=int, default=batch_size, help="images sampled at once (default: %(default)s)")
+
+
+def check_sampling_args(args, codebook_size):
+    """One line naming the first bad sampling flag."""
+    for flag in ("candidates", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if not args.temperature > 0:
+        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    if args.top_k is not None and not 1 <= args.top_k <= codebook_size:
+        raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {args.top_k}")
+
+
 def experiment_config(args, section, stored=None):
     """The config for a run: the YAML (or a resumed checkpoint's config), then flags."""
     overrides = list(args.set)

@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 
-from common import dall_e_from_checkpoint, encode_prompts, load_checkpoint, pick_device, print_rows, reranker_from_checkpoint
+from common import (
+    add_sampling_flags, check_sampling_args, dall_e_from_checkpoint, encode_prompts, load_checkpoint, pick_device,
+    print_rows, reranker_from_checkpoint,
+)
 from dall_e import generate_images, heldout_losses
 from data import load_mnist, to_float
 from dvae import reconstruction_metrics
 from errors import UserError, run_main
 from judge import classify, frechet_distance, load_or_train_judge
-from rerank import DEFAULT_CANDIDATES, KEEP
 from tokenizer import DIGITS, WORDS
 
 JUDGE_MIN_ACCURACY = 0.98
@@ -40,12 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", default="data", help="training digits, for the judge (default: %(default)s)")
     parser.add_argument("--test_data_dir", help="folder with MNIST's t10k-*-ubyte(.gz) files (default: --data_dir)")
     parser.add_argument("--samples_per_digit", type=int, default=100, help="per digit and spelling (default: %(default)s)")
-    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="draws per image for reranking (default: %(default)s)")
-    parser.add_argument("--keep", choices=KEEP, default="first", help="which candidate reranking keeps (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="default: %(default)s")
-    parser.add_argument("--top_k", type=int, help="default: all codes")
-    parser.add_argument("--batch_size", type=int, default=1000, help="images sampled at once (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    add_sampling_flags(parser, batch_size=1000)
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
     parser.add_argument("--judge_path", default="output/judge/judge.pt", help="cached judge (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="default: %(default)s")
@@ -86,6 +83,7 @@ def measure(args):
     device = pick_device(args.device)
     checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
+    check_sampling_args(args, dvae.config.codebook_size)
     model.to(device), dvae.to(device)
     size, channels = dvae.config.image_size, dvae.config.channels
     test_images, test_labels = load_mnist(args.test_data_dir or args.data_dir, False, size, channels)
@@ -149,8 +147,8 @@ def print_table(m, codebook_size):
 
 def main():
     args = parse_args()
-    if args.candidates < 1 or args.samples_per_digit < 1 or args.batch_size < 1:
-        raise UserError("--candidates, --samples_per_digit and --batch_size must each be >= 1")
+    if args.samples_per_digit < 1:
+        raise UserError(f"--samples_per_digit must be >= 1, got {args.samples_per_digit}")
     settings = {"keep": args.keep, "batch_size": args.batch_size, "checkpoint": str(args.dall_e_checkpoint)}
     metrics = measure(args) | settings
     output_dir = Path(args.output_dir)

@@ -19,12 +19,11 @@ import torch
 from tqdm import tqdm
 
 from common import (
-    check_dvae_matches, dall_e_from_checkpoint, dvae_from_checkpoint, encode_prompts, load_checkpoint, pick_device,
-    reranker_from_checkpoint,
+    add_sampling_flags, check_dvae_matches, check_sampling_args, dall_e_from_checkpoint, dvae_from_checkpoint,
+    encode_prompts, load_checkpoint, pick_device, reranker_from_checkpoint,
 )
 from dall_e import generate_images
 from errors import UserError, run_main
-from rerank import DEFAULT_CANDIDATES, KEEP
 
 # The 64 prompts of the lesson's results grid, row by row.
 LESSON_PROMPTS = """
@@ -48,18 +47,7 @@ def parse_args(argv=None):
     parser.add_argument("--prompt", action="append", default=[], help="a prompt such as 7 or seven (repeatable)")
     parser.add_argument("--prompts_file", help="a text file with one prompt per line")
     parser.add_argument("--samples_per_prompt", type=int, default=1, help="default: %(default)s")
-    parser.add_argument(
-        "--candidates", type=int, default=DEFAULT_CANDIDATES,
-        help="draws per image, of which the reranker keeps one (paper section 2.3; 1 turns it off; default: %(default)s)",
-    )
-    parser.add_argument(
-        "--keep", choices=KEEP, default="first",
-        help="the first candidate the reranker accepts, or its favourite (default: %(default)s)",
-    )
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: %(default)s)")
-    parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--batch_size", type=int, default=256, help="images sampled at once (default: %(default)s)")
+    add_sampling_flags(parser, batch_size=256)
     parser.add_argument("--output_dir", default="output/dall_e_samples", help="default: %(default)s")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     return parser.parse_args(argv)
@@ -73,19 +61,6 @@ def read_prompts(args):
             raise UserError(f"prompts file not found: {path}")
         prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return prompts or LESSON_PROMPTS
-
-
-def check_sampling_args(args, codebook_size):
-    if args.samples_per_prompt < 1:
-        raise UserError(f"--samples_per_prompt must be >= 1, got {args.samples_per_prompt}")
-    if args.candidates < 1:
-        raise UserError(f"--candidates must be >= 1, got {args.candidates}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
-    if args.top_k is not None and not 1 <= args.top_k <= codebook_size:
-        raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {args.top_k}")
 
 
 @torch.no_grad()
@@ -127,6 +102,8 @@ def main():
         own = dvae.config
         dvae = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"))
         check_dvae_matches(dvae.config, own, args.dvae_checkpoint)
+    if args.samples_per_prompt < 1:
+        raise UserError(f"--samples_per_prompt must be >= 1, got {args.samples_per_prompt}")
     check_sampling_args(args, dvae.config.codebook_size)
     prompts = [p for p in read_prompts(args) for _ in range(args.samples_per_prompt)]
     text = encode_prompts(tokenizer, prompts)  # (N, T); unknown words fail here, before any work

@@ -31,7 +31,6 @@ from tqdm import tqdm
 from data import random_affine, to_float
 from training import cosine, set_learning_rate
 
-DEFAULT_CANDIDATES = 4  # draws per prompt in generate_mnist.py and evaluate.py (see README "Results")
 
 
 @dataclass
@@ -108,7 +107,6 @@ def train_reranker(images, labels, prompt_ids, tokenizer, device, steps=600, bat
     return model.eval().requires_grad_(False)
 
 
-KEEP = ("first", "best")
 ACCEPT = 0.9  # the reranker accepts a candidate when the prompted digit is at least this probable
 
 
