@@ -92,11 +92,14 @@ def measure(args):
     judge_accuracy = (judged == test_labels).float().mean().item()
 
     images, digits, seconds = generate_for_every_digit(model, dvae, tokenizer, args, device)
-    draws = {"1": judge_samples(judge, images, digits, real_features, device)}
+    draws, reranker_accuracy = {"1": judge_samples(judge, images, digits, real_features, device)}, None
     if args.candidates > 1:
         reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint).to(device)
         best, _, _ = generate_for_every_digit(model, dvae, tokenizer, args, device, reranker, args.candidates)
         draws[str(args.candidates)] = judge_samples(judge, best, digits, real_features, device)
+        with torch.no_grad():
+            read = torch.cat([reranker.digit_probabilities(to_float(x).to(device)).argmax(1).cpu() for x in test_images.split(1000)])
+        reranker_accuracy = (read == test_labels).float().mean().item()
     n = len(images)
     real_a, real_b = real_features[:n], real_features[n : 2 * n]
     with torch.no_grad():  # the floor's second set, through the dVAE: what a perfect transformer could reach
@@ -115,6 +118,7 @@ def measure(args):
         "bits_per_image_token": losses["image_loss"] / math.log(2),
         "dvae": reconstruction_metrics(dvae, test_images, device),
         "judge_heldout_accuracy": judge_accuracy,
+        "reranker_heldout_accuracy": reranker_accuracy,
         "samples": n,
         "sampling_images_per_second": n / seconds,
         "heldout_digits": len(test_images),
@@ -140,8 +144,12 @@ def print_table(m, codebook_size):
         ("dVAE held-out MSE", f"{m['dvae']['mse']:.5f}"),
         ("dVAE codes used", f"{m['dvae']['codes_used']}/{codebook_size}, perplexity {m['dvae']['perplexity']:.1f}"),
         ("judge accuracy", f"{m['judge_heldout_accuracy']:.2%} on held-out real digits"),
-        ("sampling speed", f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m.get('batch_size')})"),
     ]
+    if m["reranker_heldout_accuracy"] is not None:
+        rows.append(("reranker accuracy", f"{m['reranker_heldout_accuracy']:.2%} on held-out real digits"))
+    rows.append(
+        ("sampling speed", f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m['batch_size']})")
+    )
     print_rows(rows)
 
 

@@ -150,3 +150,4 @@ def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_di
         assert draws["judge_fid"] >= 0
     assert metrics["judge_fid_real_vs_real"] >= 0 and metrics["judge_fid_dvae_reconstructions"] >= 0
     assert metrics["dvae"]["codes_used"] >= 1 and metrics["bits_per_image_token"] > 0
+    assert 0 <= metrics["reranker_heldout_accuracy"] <= 1
