@@ -6,7 +6,6 @@ carries its whole experiment config, and is written atomically (temporary file, 
 rename), so a kill at any moment leaves the previous file intact.
 """
 
-import argparse
 import dataclasses
 import os
 import pickle
