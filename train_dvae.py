@@ -16,7 +16,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from common import add_common_flags, add_training_flags, experiment_config, load_checkpoint
-from data import batch_indices, load_train_and_heldout, to_float
+from data import batch_indices, load_train_and_validation, to_float
 from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
 from errors import run_main
 from training import Loop, autocast, cosine, finish_run, fit, restore, set_learning_rate, start_run, wrap
@@ -39,7 +39,7 @@ def schedules(t, step):
 
 
 def save_reconstructions(dvae, images, path, device):
-    """64 held-out originals (left) beside their reconstructions through hard codes (right)."""
+    """64 validation originals (left) beside their reconstructions through hard codes (right)."""
     x = to_float(images[:64]).to(device)
     originals = make_grid(x, nrow=8, padding=2, pad_value=0.5)
     reconstructions = make_grid(dvae.decode(dvae.encode(x)), nrow=8, padding=2, pad_value=0.5)
@@ -54,7 +54,7 @@ def main():
     config = experiment_config(args, "train_dvae", stored=resumed and resumed["config"])
     t = config.train_dvae
     run = start_run(args.device, args.seed, t.batch_size)
-    (train_images, _), (heldout_images, _) = load_train_and_heldout(
+    (train_images, _), (validation_images, _) = load_train_and_validation(
         args.data_dir, config.dvae.image_size, config.dvae.channels, log=run.log
     )
     model = DiscreteVAE(config.dvae)
@@ -74,11 +74,11 @@ def main():
 
     def on_sample(step):
         model.eval()
-        heldout = reconstruction_metrics(model, heldout_images, run.device)
-        save_reconstructions(model, heldout_images, output_dir / f"recon-{step}.png", run.device)
+        heldout = reconstruction_metrics(model, validation_images, run.device)
+        save_reconstructions(model, validation_images, output_dir / f"recon-{step}.png", run.device)
         model.train()
         run.log(
-            f"step {step}: held-out MSE {heldout['mse']:.4f}, "
+            f"step {step}: validation MSE {heldout['mse']:.4f}, "
             f"codes used {heldout['codes_used']}/{config.dvae.codebook_size}, perplexity {heldout['perplexity']:.1f}"
         )
 

@@ -23,7 +23,7 @@ from common import (
     experiment_config, load_checkpoint, reranker_from_checkpoint,
 )
 from dall_e import DallE, generate_images, heldout_losses
-from data import batch_indices, load_train_and_heldout, random_affine, to_float
+from data import batch_indices, load_train_and_validation, random_affine, to_float
 from errors import run_main
 from rerank import reranker_state, train_reranker
 from tokenizer import DIGITS, WORDS, Tokenizer
@@ -89,7 +89,7 @@ def main():
     run = start_run(args.device, args.seed, t.batch_size)
     dvae.to(run.device)
     tokenizer = Tokenizer(config.dall_e.text_length)
-    (train_images, train_labels), (heldout_images, heldout_labels) = load_train_and_heldout(
+    (train_images, train_labels), (validation_images, validation_labels) = load_train_and_validation(
         args.data_dir, config.dvae.image_size, config.dvae.channels, log=run.log
     )
     prompt_ids = torch.stack([encode_prompts(tokenizer, DIGITS), encode_prompts(tokenizer, WORDS)], dim=1)  # (10, 2, T)
@@ -100,8 +100,8 @@ def main():
             train_images, train_labels, prompt_ids, tokenizer, run.device, t.reranker_steps, seed=args.seed
         )
     train_codes, train_labels = tokenise_training_set(dvae, train_images, train_labels, t, args.seed, run.device)
-    heldout_codes = encode_all(dvae, heldout_images, run.device)
-    heldout_text = prompt_ids[heldout_labels, torch.arange(len(heldout_labels)) % 2]  # (M, T), both spellings
+    validation_codes = encode_all(dvae, validation_images, run.device)
+    validation_text = prompt_ids[validation_labels, torch.arange(len(validation_labels)) % 2]  # (M, T), both spellings
 
     model = DallE(config.dall_e, dvae.config, tokenizer.vocab_size)
     optimizer = make_optimizer(model, t)
@@ -121,14 +121,14 @@ def main():
 
     def on_sample(step):
         model.eval()
-        losses = heldout_losses(model, heldout_text.to(run.device), heldout_codes.to(run.device))
+        losses = heldout_losses(model, validation_text.to(run.device), validation_codes.to(run.device))
         generator = torch.Generator(run.device).manual_seed(args.seed)
         text = encode_prompts(tokenizer, SAMPLE_PROMPTS).to(run.device)
         save_image(generate_images(model, dvae, text, generator=generator), output_dir / f"sample-{step}.png", nrow=10)
         (output_dir / f"sample_prompts-{step}.txt").write_text(" ".join(DIGITS) + "\n" + " ".join(WORDS) + "\n")
         model.train()
         run.log(
-            f"step {step}: held-out image loss {losses['image_loss']:.4f} "
+            f"step {step}: validation image loss {losses['image_loss']:.4f} "
             f"({losses['image_loss'] / math.log(2):.3f} bits/token), text loss {losses['text_loss']:.4f}"
         )
 

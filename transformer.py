@@ -1,14 +1,26 @@
 """A GPT-style decoder with DALL-E's sparse attention masks (paper appendix B.1, Fig. 11).
 
-The sequence is [T text tokens | N = G*G image tokens in raster order]. In every layer text
-attends causally to earlier text, and each image token attends to all text tokens; among
-image tokens, each layer uses one of three causal masks on the G x G grid:
+The sequence is [T text tokens | N = G*G image tokens in raster order]. Input position T + q
+holds image token z_q (grid cell q) and its output predicts the next cell, p = q + 1; the last
+text position predicts cell 0. In every layer text attends causally to earlier text, and each
+image token attends to all text tokens; among image tokens, each layer uses one of three
+causal masks. As in the paper they are laid out on the *input* cell q (mask_anchor="input"):
 
-    row     (Fig. 11a): the token itself and the G tokens before it, i.e. one grid row's worth
-                        of the most recent tokens (the Sparse Transformer's local pattern);
-    column  (Fig. 11b): the tokens directly above it in its column (Fig. 11c is the same mask
-                        applied to transposed image states, an implementation trick we need not copy);
-    conv    (Fig. 11d): earlier tokens inside a conv_kernel x conv_kernel window centred on it.
+    row     (Fig. 11a): q and the G cells before it in raster order, so the earliest is the cell
+                        above q; the predicted cell's upper neighbour, p - G, is always among them;
+    column  (Fig. 11b): q and the cells above q in q's column. That is the column to the LEFT of
+                        the predicted cell p (for p in column 0, the last column one row up), so a
+                        column layer never reads the cell directly above p: the Sparse
+                        Transformer's strided convention, which the paper keeps. (Fig. 11c is the
+                        same mask on transposed image states, a GPU trick we need not copy.)
+    conv    (Fig. 11d): q and the earlier cells q + dr*G + dc for |dr|, |dc| <= conv_kernel // 2,
+                        counted in raster order, so a window running off the left or right edge
+                        wraps to the neighbouring row, "like the row attention". The cell above p
+                        is q - G + 1, always inside.
+
+mask_anchor="predicted" lays column and conv masks on the predicted cell p instead: column reads
+the cells above p (and q itself); conv reads the earlier cells of the conv_kernel window centred
+on p, no wrap-around (and q itself). Row is the same under both anchors.
 
 Layer i (1-based) uses column attention if (i - 2) mod 4 == 0, row attention otherwise, and
 the last layer convolutional attention, as in the paper. The masks are built once as boolean
@@ -32,38 +44,41 @@ def layer_mask_kinds(n_layer):
     return kinds + ["conv"]
 
 
-def image_mask(kind, grid_size, conv_kernel):
-    """(N, N) bool, query by key: which earlier image tokens each image token may attend to."""
-    index = torch.arange(grid_size * grid_size)
-    row, col = index // grid_size, index % grid_size
-    offset = index[:, None] - index[None, :]  # (N, N) query - key, in raster order
-    causal = offset >= 0
+def image_mask(kind, grid_size, conv_kernel, anchor="input"):
+    """(N, N) bool, query by key: which image cells the query at input cell q may read (see top)."""
+    q = torch.arange(grid_size * grid_size)[:, None]  # (N, 1) the input cell of each query
+    k = torch.arange(grid_size * grid_size)[None, :]  # (1, N) the cell of each key
+    causal, itself = k <= q, k == q
+    p = q + 1 if anchor == "predicted" else q  # the cell the mask is laid out on
     if kind == "row":
-        return causal & (offset <= grid_size)
+        return causal & (q - k <= grid_size)
     if kind == "column":
-        return causal & (offset % grid_size == 0)
+        return causal & (((p - k) % grid_size == 0) | itself)
     if kind == "conv":
         half = conv_kernel // 2
-        near_rows = (row[:, None] - row[None, :]).abs() <= half
-        near_cols = (col[:, None] - col[None, :]).abs() <= half
-        return causal & near_rows & near_cols
+        if anchor == "predicted":
+            near_rows = (p // grid_size - k // grid_size).abs() <= half
+            near_cols = (p % grid_size - k % grid_size).abs() <= half
+            return causal & ((near_rows & near_cols) | itself)
+        offsets = torch.tensor([dr * grid_size + dc for dr in range(-half, 1) for dc in range(-half, half + 1)])
+        return causal & torch.isin(k - q, offsets)  # raster offsets wrap at the grid's edges
     raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
 
 
-def attention_mask(kind, text_length, grid_size, conv_kernel):
+def attention_mask(kind, text_length, grid_size, conv_kernel, anchor="input"):
     """(T + N, T + N) bool, True where a query (row) may attend to a key (column)."""
     n = grid_size * grid_size
     mask = torch.zeros(text_length + n, text_length + n, dtype=torch.bool)
     mask[:text_length, :text_length] = torch.ones(text_length, text_length, dtype=torch.bool).tril()
     mask[text_length:, :text_length] = True  # image tokens see the whole prompt
-    mask[text_length:, text_length:] = image_mask(kind, grid_size, conv_kernel)
+    mask[text_length:, text_length:] = image_mask(kind, grid_size, conv_kernel, anchor)
     return mask
 
 
-def mask_density(kind, grid_size, conv_kernel):
+def mask_density(kind, grid_size, conv_kernel, anchor="input"):
     """Share of the causal image-to-image pairs that a mask keeps."""
     n = grid_size * grid_size
-    return image_mask(kind, grid_size, conv_kernel).sum().item() / (n * (n + 1) // 2)
+    return image_mask(kind, grid_size, conv_kernel, anchor).sum().item() / (n * (n + 1) // 2)
 
 
 class KVCache:
@@ -132,7 +147,8 @@ class Transformer(nn.Module):
         self.column_position = nn.Parameter(torch.randn(grid_size, c.n_embd) * 0.02)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
-        masks = torch.stack([attention_mask(kind, c.text_length, grid_size, c.conv_kernel) for kind in MASK_KINDS])
+        masks = [attention_mask(kind, c.text_length, grid_size, c.conv_kernel, c.mask_anchor) for kind in MASK_KINDS]
+        masks = torch.stack(masks)
         self.register_buffer("masks", masks, persistent=False)  # (3, L, L)
         self.layer_mask = [MASK_KINDS.index(kind) for kind in layer_mask_kinds(c.n_layer)]
         # Sampling shortcut: for a token at position p, the keys the row or column mask allows,

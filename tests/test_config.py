@@ -1,6 +1,9 @@
-import pytest
+from pathlib import Path
 
-from config import load_config
+import pytest
+import yaml
+
+from config import Config, load_config
 from errors import UserError
 
 
@@ -17,9 +20,14 @@ def test_defaults_and_overrides(tmp_path):
     assert config.dall_e.n_layer == 4  # untouched default
 
 
-def test_shipped_config_loads():
-    config = load_config("configs/dall_e_mnist.yaml")
-    assert config.dvae.grid_size == 8
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiments_load_and_change_something(path):
+    """Each experiment file is valid and holds only values that differ from config.py's defaults."""
+    config = load_config(path)
+    default = Config()
+    for section, values in yaml.safe_load(path.read_text()).items():
+        for key, value in values.items():
+            assert getattr(getattr(config, section), key) != getattr(getattr(default, section), key), f"{section}.{key}"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,9 @@
 import torch
 
-from data import batch_indices, load_mnist, random_affine, read_idx_folder, split_heldout, to_model_images
+from data import (
+    batch_indices, load_mnist, load_train_and_validation, random_affine, read_idx_folder, split_heldout, to_model_images,
+    validation_size,
+)
 
 
 def test_padding_keeps_digits_pixel_exact():
@@ -48,6 +51,17 @@ def test_heldout_split_covers_every_digit_even_when_data_is_sorted():
     assert set(heldout_labels.tolist()) == set(range(10)) == set(train_labels.tolist())
     assert len(heldout_images) == 100 and len(train_images) == 400
     assert not set(train_images.tolist()) & set(heldout_images.tolist())
+
+
+def test_validation_is_carved_from_the_training_digits_never_the_test_split(mnist_dir):
+    assert validation_size(5_000) == 500 and validation_size(60_000) == 10_000
+    lines = []
+    (train, _), (validation, _) = load_train_and_validation(mnist_dir, 32, 1, log=lines.append)
+    assert len(train) == 360 and len(validation) == 40  # mnist_dir has 400 training and 100 test digits
+    test, _ = load_mnist(mnist_dir, False, 32, 1, log=lines.append)
+    everything = torch.cat([train, validation]).flatten(1)
+    assert all((everything == digit.flatten()).all(1).any() for digit in validation.flatten(1))
+    assert not any((everything == digit.flatten()).all(1).any() for digit in test.flatten(1)[:20])
 
 
 def centre_of_mass(images):

@@ -1,6 +1,7 @@
 import torch
 
-from judge import Judge, frechet_distance
+from evaluate import measure_draws, nearest_training_distance
+from judge import RECIPES, Judge, StridedJudge, frechet_distance, unsure_share
 
 
 def test_frechet_distance_of_gaussians():
@@ -14,7 +15,28 @@ def test_frechet_distance_of_gaussians():
     assert abs(frechet_distance(a, scaled) - 3.0) < 0.4
 
 
-def test_judge_shapes_for_grey_and_colour():
-    judge = Judge().eval()
-    assert judge(torch.rand(2, 1, 32, 32)).shape == (2, 10)
-    assert judge.features(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+def test_both_judges_take_grey_and_colour_and_differ_in_kind():
+    for judge in (Judge().eval(), StridedJudge().eval()):
+        assert judge(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+        assert judge.features(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+    layers = [{type(m) for m in make().modules()} for make, *_ in RECIPES.values()]
+    assert torch.nn.MaxPool2d in layers[0] and torch.nn.MaxPool2d not in layers[1]
+    assert torch.nn.GroupNorm in layers[1] and RECIPES["A"][1:3] != RECIPES["B"][1:3]  # augmentation and seed
+
+
+def test_unsure_share_counts_images_below_the_threshold():
+    probabilities = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.1, 0.9], [0.5, 0.5]])
+    assert unsure_share(probabilities) == 0.5  # 0.9 itself is sure
+
+
+def test_copies_of_training_digits_are_counted_as_near_copies():
+    generator = torch.Generator().manual_seed(0)
+    train = (torch.rand(200, 1, 32, 32, generator=generator) * 255).to(torch.uint8)
+    train_labels = torch.arange(200) % 10
+    real = torch.rand(50, 1, 32, 32, generator=generator)
+    real_labels = torch.arange(50) % 10
+    assert torch.allclose(nearest_training_distance(train[:10].float() / 255, train_labels[:10], train, train_labels), torch.zeros(10))
+    copies = torch.cat([train[:20].float() / 255, torch.ones(20, 1, 32, 32)])  # 20 copies, 20 far from any digit
+    digits = torch.cat([train_labels[:20], real_labels[:20]])
+    real_distances = nearest_training_distance(real, real_labels, train, train_labels)
+    assert measure_draws(copies, digits, {}, real_distances, (train, train_labels))["near_copies"] == 0.5

@@ -129,25 +129,31 @@ def test_a_checkpoint_without_reranker_still_samples_single_draws(trained, tmp_p
     assert np.load(tmp_path / "samples.npz")["images"].shape == (1, 1, 32, 32)
 
 
-def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_dir, tmp_path):
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_dir, tmp_path, split):
     from common import save_checkpoint
-    from judge import Judge
+    from judge import RECIPES
 
     torch.manual_seed(0)
-    judge_path = tmp_path / "judge.pt"
-    save_checkpoint({"kind": "judge", "model": Judge().state_dict()}, judge_path)  # untrained: fast, and warned about
+    for name, (make, *_) in RECIPES.items():  # untrained judges: fast, and warned about
+        save_checkpoint({"kind": "judge", "digits": 360, "model": make().state_dict()}, tmp_path / f"judge_{name}.pt")
     result = run_script(
-        "evaluate.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--data_dir", mnist_dir,
-        "--judge_path", judge_path, "--samples_per_digit", "2", "--candidates", "3", "--output_dir", tmp_path,
+        "evaluate.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--data_dir", mnist_dir, "--split", split,
+        "--judge_dir", tmp_path, "--samples_per_digit", "2", "--candidates", "3", "--output_dir", tmp_path,
         "--device", "cpu",
     )
     assert result.returncode == 0, result.stderr
-    assert "prompt accuracy, first of 3" in result.stdout and "warning: the judge reads only" in result.stdout
+    assert "prompt accuracy, first of 3" in result.stdout and "warning: judge A reads only" in result.stdout
+    assert "judge B FID, one draw" in result.stdout and "near-copies, first of 3" in result.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["best_of"]) == {"1", "3"} and metrics["samples"] == 40
-    for draws in metrics["best_of"].values():
-        assert 0 <= draws["prompt_accuracy"] <= 1 and len(draws["prompt_accuracy_per_digit"]) == 10
-        assert draws["judge_fid"] >= 0
-    assert metrics["judge_fid_real_vs_real"] >= 0 and metrics["judge_fid_dvae_reconstructions"] >= 0
+    assert metrics["split"] == split and metrics["split_digits"] == (40 if split == "validation" else 100)
+    assert set(metrics["draws"]) == {"1", "3"} and metrics["samples"] == 40
+    for draws in metrics["draws"].values():
+        assert 0 <= draws["near_copies"] <= 1
+        for judge in ("A", "B"):
+            assert 0 <= draws[judge]["prompt_accuracy"] <= 1 and len(draws[judge]["prompt_accuracy_per_digit"]) == 10
+            assert draws[judge]["fid"] >= 0 and 0 <= draws[judge]["unsure"] <= 1
+    for judge in metrics["judges"].values():
+        assert judge["fid_floor"] >= 0 and judge["fid_dvae_reconstructions"] >= 0 and judge["fid_set_size"] == 40
     assert metrics["dvae"]["codes_used"] >= 1 and metrics["bits_per_image_token"] > 0
-    assert 0 <= metrics["reranker_heldout_accuracy"] <= 1
+    assert 0 <= metrics["reranker_accuracy"] <= 1

@@ -5,40 +5,73 @@ from config import DallEConfig
 from transformer import MASK_KINDS, Transformer, attention_mask, layer_mask_kinds, mask_density
 
 
-def brute_force_mask(kind, text_length, grid_size, kernel):
-    """Appendix B.1 in words, one pair at a time.
+def readable_cells(kind, anchor, q, grid_size, kernel):
+    """The module docstring in words, one cell at a time: the image cells that input cell q may read.
 
-    Text tokens attend causally to text. Image tokens attend to every text token and, among
-    image tokens, only to earlier ones (or themselves) that the layer's pattern allows:
-    row: one of the grid_size tokens just before it; column: one in its column;
-    conv: one inside the kernel x kernel window around it.
+    q predicts p = q + 1. Row: q and the grid_size cells before it. Column: the cells above the
+    anchor cell in its column (and q itself). Conv, anchor input: q + dr * G + dc in raster order
+    for |dr|, |dc| <= kernel // 2, causal; anchor predicted: earlier cells of the window centred on p
+    (and q itself).
     """
+    half, p = kernel // 2, q + 1
+    cells = set()
+    for k in range(q + 1):  # causal: nothing after the input cell
+        if kind == "row" and q - k <= grid_size:
+            cells.add(k)
+        anchor_cell = p if anchor == "predicted" else q
+        if kind == "column" and (k == q or (k % grid_size == anchor_cell % grid_size and k < anchor_cell)):
+            cells.add(k)
+        if kind == "conv" and anchor == "predicted":
+            near = abs(k // grid_size - p // grid_size) <= half and abs(k % grid_size - p % grid_size) <= half
+            if near or k == q:
+                cells.add(k)
+    if kind == "conv" and anchor == "input":
+        for dr in range(-half, half + 1):
+            for dc in range(-half, half + 1):
+                if 0 <= q + dr * grid_size + dc <= q:
+                    cells.add(q + dr * grid_size + dc)
+    return cells
+
+
+def brute_force_mask(kind, anchor, text_length, grid_size, kernel):
+    """Text attends causally to text; image tokens read every text token and their readable cells."""
     n = text_length + grid_size * grid_size
     mask = torch.zeros(n, n, dtype=torch.bool)
     for i in range(n):
-        for j in range(n):
-            if i < text_length:
-                mask[i, j] = j <= i
-            elif j < text_length:
-                mask[i, j] = True
-            else:
-                q, k = i - text_length, j - text_length
-                (qr, qc), (kr, kc) = divmod(q, grid_size), divmod(k, grid_size)
-                if k > q:
-                    continue
-                if kind == "row":
-                    mask[i, j] = q - k <= grid_size
-                elif kind == "column":
-                    mask[i, j] = qc == kc
-                else:
-                    mask[i, j] = abs(qr - kr) <= kernel // 2 and abs(qc - kc) <= kernel // 2
+        if i < text_length:
+            mask[i, : i + 1] = True
+            continue
+        mask[i, :text_length] = True
+        for k in readable_cells(kind, anchor, i - text_length, grid_size, kernel):
+            mask[i, text_length + k] = True
     return mask
 
 
+@pytest.mark.parametrize("anchor", ["input", "predicted"])
 @pytest.mark.parametrize("kind", ["row", "column", "conv"])
-@pytest.mark.parametrize("text_length, grid_size, kernel", [(3, 4, 3), (2, 5, 5)])
-def test_masks_match_the_papers_definition(kind, text_length, grid_size, kernel):
-    assert torch.equal(attention_mask(kind, text_length, grid_size, kernel), brute_force_mask(kind, text_length, grid_size, kernel))
+@pytest.mark.parametrize("text_length, grid_size, kernel", [(3, 4, 3), (2, 5, 5), (2, 8, 5), (2, 8, 11)])
+def test_masks_match_the_docstring_cell_by_cell(kind, anchor, text_length, grid_size, kernel):
+    expected = brute_force_mask(kind, anchor, text_length, grid_size, kernel)
+    assert torch.equal(attention_mask(kind, text_length, grid_size, kernel, anchor), expected)
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 11])
+def test_which_layers_read_the_cell_above_the_predicted_one(kernel):
+    """On the 8x8 grid, for every predicted cell p below the first row, is cell p - 8 readable?"""
+    grid, text = 8, 2
+
+    def reads_above(kind, anchor):
+        mask = attention_mask(kind, text, grid, kernel, anchor)
+        return [bool(mask[text + p - 1, text + p - grid]) for p in range(grid, grid * grid)]
+
+    for anchor in ("input", "predicted"):
+        assert all(reads_above("row", anchor)) and all(reads_above("conv", anchor))
+    assert not any(reads_above("column", "input"))  # the paper's column layer reads the column to the left
+    assert all(reads_above("column", "predicted"))
+    column = attention_mask("column", text, grid, kernel, "input")
+    for p in range(grid, grid * grid):  # ... that is, the input cell's column
+        read = {k for k in range(grid * grid) if column[text + p - 1, text + k]}
+        assert {k % grid for k in read} == {(p - 1) % grid}
 
 
 def test_layer_assignment_follows_the_paper():
@@ -48,14 +81,19 @@ def test_layer_assignment_follows_the_paper():
     assert [i + 1 for i, k in enumerate(kinds) if k == "column"] == list(range(2, 64, 4))
 
 
-def test_mask_densities_on_the_8x8_grid():
-    assert mask_density("conv", 8, 5) < mask_density("conv", 8, 11) < 1
-    assert 0 < mask_density("column", 8, 5) < mask_density("row", 8, 5) < 0.5
+def test_mask_densities_on_the_8x8_grid_are_the_readmes():
+    """Exact counts, as README quotes them: row 9 cells (fewer at the start) of 2,080 causal pairs, ..."""
+    pairs = 64 * 65 // 2
+    assert mask_density("row", 8, 11) == (45 + 55 * 9) / pairs  # q + 1 cells for q < 9, then 9
+    assert mask_density("column", 8, 11) == sum(q // 8 + 1 for q in range(64)) / pairs
+    assert mask_density("conv", 8, 11) == (sum(range(1, 47)) + 18 * 46) / pairs  # every cell within 45 in raster order
+    assert round(mask_density("row", 8, 11), 2) == 0.26 and round(mask_density("column", 8, 11), 2) == 0.14
+    assert round(mask_density("conv", 8, 11), 2) == 0.92
 
 
-def small_transformer():
+def small_transformer(anchor="input"):
     torch.manual_seed(0)
-    config = DallEConfig(text_length=3, n_layer=4, n_head=2, n_embd=16, conv_kernel=3)
+    config = DallEConfig(text_length=3, n_layer=4, n_head=2, n_embd=16, conv_kernel=3, mask_anchor=anchor)
     return Transformer(config, grid_size=4).eval()
 
 
@@ -71,8 +109,9 @@ def test_changing_token_j_leaves_earlier_outputs_unchanged():
         assert not torch.allclose(before[:, j], after[:, j], atol=1e-4)
 
 
-def test_kv_cache_matches_full_forward():
-    model = small_transformer()
+@pytest.mark.parametrize("anchor", ["input", "predicted"])
+def test_kv_cache_matches_full_forward(anchor):
+    model = small_transformer(anchor)
     x = torch.randn(2, model.max_length, 16)
     full = model(x)
     cache = model.new_cache(2, x.device, x.dtype)
