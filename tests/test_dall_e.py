@@ -3,9 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from config import DallEConfig, DallETrainConfig, DVAEConfig
+from dall_e import DallE, sample_token
 from data import to_float
 from dvae import DiscreteVAE
-from dall_e import DallE, sample_token
+from train_mnist import tokenise_training_set
 
 
 def small_model(text_length=2):
@@ -79,8 +80,6 @@ def test_top_k_is_a_count_of_tokens_kept():
 
 
 def test_training_set_gains_moved_copies_of_every_digit():
-    from train_mnist import tokenise_training_set
-
     torch.manual_seed(0)
     dvae = DiscreteVAE(DVAEConfig(codebook_size=16, codebook_dim=8, hidden_dim=4)).eval()
     images = (torch.rand(5, 1, 32, 32) * 255).to(torch.uint8)

@@ -1,7 +1,13 @@
 import torch
 
 from data import (
-    batch_indices, load_mnist, load_train_and_validation, random_affine, read_idx_folder, split_heldout, to_model_images,
+    batch_indices,
+    load_mnist,
+    load_train_and_validation,
+    random_affine,
+    read_idx_folder,
+    split_heldout,
+    to_model_images,
     validation_size,
 )
 

@@ -2,8 +2,9 @@ import torch
 
 from common import encode_prompts
 from data import load_mnist, to_float
-from rerank import rerank, reranker_from_state, reranker_state, train_reranker
+from rerank import rerank, reranker_from_state, reranker_state
 from tokenizer import DIGITS, WORDS, Tokenizer
+from train_mnist import train_reranker
 
 
 class FixedReranker:

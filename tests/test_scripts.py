@@ -5,17 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from conftest import assert_clean_error, run_script
+from common import save_checkpoint
+from conftest import TINY, assert_clean_error, run_script
+from judge import RECIPES
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mnist_dir):
     """train_dvae.py then train_mnist.py on the tiny config; returns their output folders."""
-    import yaml
-
-    from conftest import TINY
-
     root = tmp_path_factory.mktemp("run")
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))
@@ -131,9 +130,6 @@ def test_a_checkpoint_without_reranker_still_samples_single_draws(trained, tmp_p
 
 @pytest.mark.parametrize("split", ["validation", "test"])
 def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_dir, tmp_path, split):
-    from common import save_checkpoint
-    from judge import RECIPES
-
     torch.manual_seed(0)
     for name, (make, *_) in RECIPES.items():  # untrained judges: fast, and warned about
         save_checkpoint({"kind": "judge", "digits": 360, "model": make().state_dict()}, tmp_path / f"judge_{name}.pt")
