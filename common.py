@@ -180,7 +180,7 @@ def dall_e_from_checkpoint(checkpoint):
         raise UserError("the checkpoint's vocabulary differs from this code's tokenizer; it was made by another version")
     dvae = dvae_from_checkpoint(checkpoint)
     model = DallE(config, dvae.config, tokenizer.vocab_size)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.get("ema_model", checkpoint["model"]))  # the moving average, where trained with one
     return model.eval(), dvae, tokenizer
 
 

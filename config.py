@@ -80,6 +80,7 @@ class DallETrainConfig:
     min_learning_rate: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.01
+    ema_decay: float = 0.0  # sample from an exponential moving average of the weights; 0 turns it off
     text_loss_weight: float = 1.0 / 8  # paper section 2.2: 1/8 text, 7/8 image
     reranker_steps: int = 600  # training steps of the reranker (rerank.py), before the transformer's
     augment_copies: int = 0  # extra randomly moved copies of every training digit, tokenised once
@@ -227,6 +228,7 @@ def validate(config: Config):
     _validate_training("train_dall_e", d)
     _require(d.warmup_steps >= 0, f"train_dall_e.warmup_steps must be >= 0, got {d.warmup_steps}")
     _require(0 <= d.weight_decay, f"train_dall_e.weight_decay must be >= 0, got {d.weight_decay}")
+    _require(0 <= d.ema_decay < 1, f"train_dall_e.ema_decay must be in [0, 1), got {d.ema_decay}")
     _require(
         0 <= d.text_loss_weight <= 1, f"train_dall_e.text_loss_weight must be in [0, 1], got {d.text_loss_weight}"
     )

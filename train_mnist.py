@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.utils import save_image
 from tqdm import tqdm
 
@@ -99,6 +100,17 @@ def train_reranker(images, labels, prompt_ids, tokenizer, device, steps=600, bat
     return model.eval().requires_grad_(False)
 
 
+def make_ema(model, decay, resumed):
+    """An exponential moving average of the weights (None when decay is 0), restored on --resume."""
+    if decay == 0:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    if resumed:
+        ema.module.load_state_dict(resumed["ema_model"])
+        ema.n_averaged.fill_(resumed["ema_updates"])
+    return ema
+
+
 def make_optimizer(model, t):
     """AdamW; weight decay on matrices only, not on biases, norms or position tables."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "position" not in n]
@@ -135,8 +147,11 @@ def main():
     model = DallE(config.dall_e, dvae.config, tokenizer.vocab_size)
     optimizer = make_optimizer(model, t)
     start_step = restore(resumed, model, optimizer, run)
+    ema = make_ema(model, t.ema_decay, resumed)
+    sampler = ema.module if ema else model  # what draws: the moving average of the weights, where there is one
     ddp_model = wrap(model, run)
-    densities = ", ".join(f"{k} {mask_density(k, dvae.config.grid_size, config.dall_e.conv_kernel):.0%}" for k in MASK_KINDS)
+    m = config.dall_e
+    densities = ", ".join(f"{k} {mask_density(k, dvae.config.grid_size, m.conv_kernel, m.mask_anchor):.0%}" for k in MASK_KINDS)
     run.log(f"DALL-E: {sum(p.numel() for p in model.parameters()):,} parameters; masks keep {densities} of causal image pairs")
     batches = batch_indices(len(train_codes), t.batch_size, args.seed, start_step, run.rank, run.world_size)
 
@@ -148,12 +163,16 @@ def main():
         out = ddp_model(text, train_codes[index].to(run.device), t.text_loss_weight)
         return {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"]}
 
+    def after_step(step):
+        if ema:
+            ema.update_parameters(model)
+
     def on_sample(step):
         model.eval()
-        losses = heldout_losses(model, validation_text.to(run.device), validation_codes.to(run.device))
+        losses = heldout_losses(sampler, validation_text.to(run.device), validation_codes.to(run.device))
         generator = torch.Generator(run.device).manual_seed(args.seed)
         text = encode_prompts(tokenizer, SAMPLE_PROMPTS).to(run.device)
-        save_image(generate_images(model, dvae, text, generator=generator), output_dir / f"sample-{step}.png", nrow=10)
+        save_image(generate_images(sampler, dvae, text, generator=generator), output_dir / f"sample-{step}.png", nrow=10)
         (output_dir / f"sample_prompts-{step}.txt").write_text(" ".join(DIGITS) + "\n" + " ".join(WORDS) + "\n")
         model.train()
         run.log(
@@ -171,11 +190,14 @@ def main():
             "model": model.state_dict(),
             "reranker": reranker_state(reranker),
             "optimizer": optimizer.state_dict(),
-        }
+        } | ({"ema_model": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)} if ema else {})
 
     loop = Loop("dall_e", output_dir, t.num_training_steps, t.sample_every, t.checkpoint_seconds, t.grad_clip, ("loss", "text", "image"))
     output_dir.mkdir(parents=True, exist_ok=True)
-    fit(loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step, autocast(run, args.bf16))
+    fit(
+        loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step, autocast(run, args.bf16),
+        after_step,
+    )
     run.log(f"done: {output_dir / 'latest.pt'}")
     finish_run(run, model)
 

@@ -135,10 +135,14 @@ class Loop:
     shown: tuple  # metric names for the progress bar
 
 
-def fit(loop: Loop, run: Run, model, optimizer, train_step, make_checkpoint, on_sample, start_step=0, precision=None):
+def fit(
+    loop: Loop, run: Run, model, optimizer, train_step, make_checkpoint, on_sample, start_step=0, precision=None,
+    after_step=None,
+):
     """Optimise from start_step to loop.total_steps.
 
     train_step(step) -> dict of scalar tensors with "loss" (the script sets its schedules there);
+    after_step(step), if given, runs after each optimiser step (train_mnist.py updates its EMA there);
     make_checkpoint(step) -> the script's checkpoint dict; on_sample(step) writes grids (rank 0).
     latest.pt is refreshed at least every checkpoint_seconds; <name>-<step>.pt every sample_every
     steps and at the end. Ctrl-C saves latest.pt and exits; a non-finite loss stops training
@@ -172,6 +176,8 @@ def fit(loop: Loop, run: Run, model, optimizer, train_step, make_checkpoint, on_
             if loop.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
             optimizer.step()
+            if after_step:
+                after_step(step)
             step += 1
             bar.update(1)
             bar.set_postfix(shown, refresh=False)

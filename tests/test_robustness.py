@@ -67,7 +67,7 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(tmp_path, mnist_di
 @pytest.mark.parametrize("script", ["train_dvae.py", "train_mnist.py"])
 def test_resuming_reproduces_the_uninterrupted_run(tmp_path, mnist_dir, script):
     config = config_file(tmp_path, {**TINY, "train_dvae": {**TINY["train_dvae"], "sample_every": 3},
-                                    "train_dall_e": {**TINY["train_dall_e"], "sample_every": 3}})
+                                    "train_dall_e": {**TINY["train_dall_e"], "sample_every": 3, "ema_decay": 0.5}})
     common = ["--config_path", config, "--data_dir", mnist_dir, "--device", "cpu"]
     if script == "train_mnist.py":
         dvae_dir = tmp_path / "dvae"
@@ -86,6 +86,11 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, mnist_dir, script):
     assert a["step"] == b["step"] == 6
     for name, tensor in a["model"].items():
         torch.testing.assert_close(tensor, b["model"][name], rtol=1e-5, atol=1e-6)
+    if script == "train_mnist.py":  # the moving average resumes too, and is not the raw weights
+        assert a["ema_updates"] == b["ema_updates"] == 6
+        for name, tensor in a["ema_model"].items():
+            torch.testing.assert_close(tensor, b["ema_model"][name], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a["ema_model"]["image_head.weight"], a["model"]["image_head.weight"])
 
 
 def test_ctrl_c_saves_and_exits_with_one_line(tmp_path, mnist_dir):
