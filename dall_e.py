@@ -17,6 +17,7 @@ the dVAE and reranks the candidates.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from config import DallEConfig, DVAEConfig
 from transformer import Transformer
@@ -84,7 +85,7 @@ class DallE(nn.Module):
             next_token = sample_token(self.image_head(h[:, -1]), temperature, top_k, generator)  # (B,)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, i + 1)
             x, start = self.image_embedding(next_token[:, None]), T + i  # (B, 1, D)
-        return tokens.view(B, self.grid_size, self.grid_size)
+        return rearrange(tokens, "b (h w) -> b h w", h=self.grid_size)  # raster order back onto the grid
 
 
 def sample_token(logits, temperature, top_k, generator):

@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from config import DVAEConfig
 
@@ -140,7 +141,7 @@ class DiscreteVAE(nn.Module):
     @torch.no_grad()
     def decode(self, codes):
         """Codes (B, G, G) -> images (B, C, S, S) in [0,1]."""
-        z = self.codebook(codes).permute(0, 3, 1, 2)  # (B, G, G, D) -> (B, D, G, G)
+        z = rearrange(self.codebook(codes), "b h w d -> b d h w")  # (B, D, G, G)
         return torch.sigmoid(self.decoder(z))
 
 

@@ -52,7 +52,7 @@ def parse_args(argv=None):
         "--dvae_checkpoint", help="decode with this dVAE instead of the copy inside the DALL-E checkpoint (optional)"
     )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt such as 7 or seven (repeatable)")
-    parser.add_argument("--prompts_file", help="a text file with one prompt per line")
+    parser.add_argument("--prompts_file", help="a UTF-8 text file with one prompt per line (optional)")
     parser.add_argument("--samples_per_prompt", type=int, default=1, help="default: %(default)s")
     add_sampling_flags(parser, batch_size=256)
     parser.add_argument("--output_dir", default="output/dall_e_samples", help="default: %(default)s")

@@ -70,17 +70,21 @@ def main():
         images = to_float(train_images[next(batches)]).to(run.device)
         out = ddp_model(images, temperature, kl_weight)
         _, perplexity = codebook_usage(out["codes"], config.dvae.codebook_size)
-        return {"loss": out["loss"], "mse": out["mse"], "tau": temperature, "ppl": perplexity}
+        return {
+            "loss": out["loss"], "reconstruction": out["reconstruction"], "kl": out["kl"], "mse": out["mse"],
+            "tau": temperature, "kl_weight": kl_weight, "lr": learning_rate, "ppl": perplexity,
+        }
 
     def on_sample(step):
         model.eval()
-        heldout = reconstruction_metrics(model, validation_images, run.device)
+        validation = reconstruction_metrics(model, validation_images, run.device)
         save_reconstructions(model, validation_images, output_dir / f"recon-{step}.png", run.device)
         model.train()
         run.log(
-            f"step {step}: validation MSE {heldout['mse']:.4f}, "
-            f"codes used {heldout['codes_used']}/{config.dvae.codebook_size}, perplexity {heldout['perplexity']:.1f}"
+            f"step {step}: validation MSE {validation['mse']:.4f}, "
+            f"codes used {validation['codes_used']}/{config.dvae.codebook_size}, perplexity {validation['perplexity']:.1f}"
         )
+        return validation
 
     def make_checkpoint(step):
         return {

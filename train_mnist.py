@@ -156,12 +156,13 @@ def main():
     batches = batch_indices(len(train_codes), t.batch_size, args.seed, start_step, run.rank, run.world_size)
 
     def train_step(step):
-        set_learning_rate(optimizer, learning_rate(t, step))
+        lr = learning_rate(t, step)
+        set_learning_rate(optimizer, lr)
         index = next(batches)
         spelling = torch.randint(0, 2, (len(index),))  # "7" or "seven", drawn afresh every step
         text = prompt_ids[train_labels[index], spelling].to(run.device)
         out = ddp_model(text, train_codes[index].to(run.device), t.text_loss_weight)
-        return {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"]}
+        return {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"], "lr": lr}
 
     def after_step(step):
         if ema:
@@ -179,6 +180,7 @@ def main():
             f"step {step}: validation image loss {losses['image_loss']:.4f} "
             f"({losses['image_loss'] / math.log(2):.3f} bits/token), text loss {losses['text_loss']:.4f}"
         )
+        return losses
 
     def make_checkpoint(step):
         return {

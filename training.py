@@ -135,6 +135,40 @@ class Loop:
     shown: tuple  # metric names for the progress bar
 
 
+class MetricsLog:
+    """OUTPUT_DIR/metrics.csv: one `step,metric,value` row per measurement, for make_figures.py.
+
+    A fresh run starts the file anew; a resumed run keeps the rows up to the step it resumes from.
+    """
+
+    HEADER = "step,metric,value\n"
+
+    def __init__(self, path, start_step, enabled=True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        kept = []
+        if start_step and path.is_file():
+            kept = [line + "\n" for line in path.read_text().splitlines()[1:] if int(line.split(",")[0]) <= start_step]
+        path.write_text(self.HEADER + "".join(kept))
+
+    def write(self, step, values):
+        if self.enabled and values:
+            with self.path.open("a") as f:
+                f.writelines(f"{step},{name},{float(value):.6g}\n" for name, value in values.items())
+
+
+def check_finite(loop, what, value, step, latest):
+    """Stop with one line before a non-finite value can reach the weights or a checkpoint."""
+    if torch.isfinite(value):
+        return
+    kept = f"{latest} holds the last good weights" if latest.is_file() else "no checkpoint was written yet"
+    raise UserError(
+        f"{loop.name} {what} became {value.item()} at step {step + 1}; {kept}; "
+        "try a lower learning rate (--set <section>.learning_rate=...)"
+    )
+
+
 def fit(
     loop: Loop, run: Run, model, optimizer, train_step, make_checkpoint, on_sample, start_step=0, precision=None,
     after_step=None,
@@ -143,7 +177,8 @@ def fit(
 
     train_step(step) -> dict of scalar tensors with "loss" (the script sets its schedules there);
     after_step(step), if given, runs after each optimiser step (train_mnist.py updates its EMA there);
-    make_checkpoint(step) -> the script's checkpoint dict; on_sample(step) writes grids (rank 0).
+    make_checkpoint(step) -> the script's checkpoint dict; on_sample(step) writes grids (rank 0) and
+    returns validation figures. Every metric goes to OUTPUT_DIR/metrics.csv (MetricsLog).
     latest.pt is refreshed at least every checkpoint_seconds; <name>-<step>.pt every sample_every
     steps and at the end. Ctrl-C saves latest.pt and exits; a non-finite loss stops training
     and keeps the last good checkpoint.
@@ -159,6 +194,7 @@ def fit(
 
     last_save = time.monotonic()
     step = start_step
+    log = MetricsLog(loop.output_dir / "metrics.csv", start_step, run.is_main)
     bar = tqdm(total=loop.total_steps, initial=start_step, desc=loop.name, disable=not run.is_main, dynamic_ncols=True)
     try:
         while step < loop.total_steps:
@@ -166,24 +202,22 @@ def fit(
                 metrics = train_step(step)
             loss = metrics["loss"]
             shown = {k: f"{float(metrics[k].detach() if torch.is_tensor(metrics[k]) else metrics[k]):.4g}" for k in loop.shown}
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"{loop.name} loss became {loss.item()} at step {step + 1}; {latest} still holds the last good "
-                    "weights; try a lower learning rate (--set <section>.learning_rate=...) or --resume"
-                )
+            check_finite(loop, "loss", loss, step, latest)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if loop.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+            clip = loop.grad_clip if loop.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            check_finite(loop, "gradient norm", metrics["grad_norm"], step, latest)  # before NaN reaches the weights
             optimizer.step()
             if after_step:
                 after_step(step)
             step += 1
+            log.write(step, {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()})
             bar.update(1)
             bar.set_postfix(shown, refresh=False)
             if step % loop.sample_every == 0 or step == loop.total_steps:
                 if run.is_main:
-                    on_sample(step)
+                    log.write(step, {f"validation_{name}": value for name, value in on_sample(step).items()})
                 save(step, numbered=True)
                 last_save = time.monotonic()
             elif time.monotonic() - last_save >= loop.checkpoint_seconds:

@@ -32,6 +32,7 @@ and in row and column layers a new token reads only the few cached keys its mask
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from config import DallEConfig
 
@@ -106,16 +107,14 @@ class SelfAttention(nn.Module):
         self.dropout = c.dropout
 
     def forward(self, x, mask, cache=None, layer=0, start=0, keys=None):
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)  # 3 x (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, nh, start + T, hs)
         if keys is not None:  # one new token under a sparse mask: read only the keys it allows
             k, v, mask = k.index_select(2, keys), v.index_select(2, keys), None  # (B, nh, A, hs)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, D): the heads side by side again
         return F.dropout(self.proj(y), dropout, self.training)
 
 
@@ -164,7 +163,7 @@ class Transformer(nn.Module):
 
     def position_embeddings(self):
         """(L, D): text slots, then row + column embeddings in raster order."""
-        image = (self.row_position[:, None, :] + self.column_position[None, :, :]).flatten(0, 1)  # (N, D)
+        image = rearrange(self.row_position[:, None] + self.column_position[None, :], "r c d -> (r c) d")  # (N, D) raster order
         return torch.cat([self.text_position, image])
 
     def forward(self, x, start=0, cache=None):

@@ -22,14 +22,26 @@ def batch(model, size=4):
 
 @pytest.mark.parametrize("weight", [1 / 8, 0.5])
 def test_loss_is_weighted_text_and_image(weight):
+    """The loss from its definition, one position at a time: position i predicts token i + 1 of
+    [t_1..t_T, z_1..z_N]; text tokens through the text head, image tokens through the image head."""
     model = small_model(text_length=3)
     text, image = batch(model)
     out = model(text, image, text_loss_weight=weight)
-    text_logits, image_logits = model.logits(text, image)
-    text_loss = F.cross_entropy(text_logits.reshape(-1, 22), text[:, 1:].reshape(-1))
-    image_loss = F.cross_entropy(image_logits.reshape(-1, 12), image.reshape(-1))
-    assert torch.allclose(out["text_loss"], text_loss) and torch.allclose(out["image_loss"], image_loss)
-    assert torch.allclose(out["loss"], weight * text_loss + (1 - weight) * image_loss)
+    sequence = torch.cat([text, image], dim=1)  # (B, T + N) the tokens themselves
+    x = torch.cat([model.text_embedding(text), model.image_embedding(image[:, :-1])], dim=1)
+    hidden = model.transformer(x)  # (B, T + N - 1, D)
+    text_nll, image_nll = [], []
+    for i in range(hidden.shape[1]):
+        target = sequence[:, i + 1]
+        if i + 1 < 3:
+            text_nll.append(-F.log_softmax(model.text_head(hidden[:, i]), -1).gather(1, target[:, None]))
+        else:
+            image_nll.append(-F.log_softmax(model.image_head(hidden[:, i]), -1).gather(1, target[:, None]))
+    assert len(text_nll) == 2 and len(image_nll) == 16
+    text_loss, image_loss = torch.cat(text_nll).mean(), torch.cat(image_nll).mean()
+    torch.testing.assert_close(out["text_loss"], text_loss)
+    torch.testing.assert_close(out["image_loss"], image_loss)
+    torch.testing.assert_close(out["loss"], weight * text_loss + (1 - weight) * image_loss)
 
 
 def test_every_image_token_is_scored_by_the_image_head():

@@ -13,6 +13,8 @@ import torch
 import yaml
 
 from conftest import ROOT, TINY, assert_clean_error, run_script
+from errors import UserError
+from training import Loop, Run, fit
 
 LONGER = {**TINY, "train_dvae": {**TINY["train_dvae"], "num_training_steps": 400, "sample_every": 1000}}
 
@@ -84,6 +86,8 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, mnist_dir, script):
     a = torch.load(whole / "latest.pt", weights_only=True)
     b = torch.load(resumed / "latest.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
+    logged = [[line.split(",")[:2] for line in (folder / "metrics.csv").read_text().splitlines()] for folder in (whole, resumed)]
+    assert [row for row in logged[0] if row[0] == "step" or int(row[0]) > 3] == logged[1]  # the resumed run logs steps 4-6
     for name, tensor in a["model"].items():
         torch.testing.assert_close(tensor, b["model"][name], rtol=1e-5, atol=1e-6)
     if script == "train_mnist.py":  # the moving average resumes too, and is not the raw weights
@@ -159,24 +163,45 @@ def test_bad_flags_get_one_line_and_status_2(tmp_path, tiny_config, flags, fragm
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir):
+    """Six good steps, then resumed with a learning rate that blows the weights up: latest.pt stays finite."""
     out = tmp_path / "dvae"
-    config = config_file(tmp_path, LONGER)
+    args = ["--config_path", config_file(tmp_path, TINY), "--data_dir", mnist_dir, "--output_dir", out]
+    assert run_script("train_dvae.py", *args).returncode == 0
     result = run_script(
-        "train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out,
+        "train_dvae.py", *args, "--resume", "--num_training_steps", "40",
         "--set", "train_dvae.learning_rate=1e30", "--set", "train_dvae.min_learning_rate=1e30",
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "loss became" in result.stderr and "at step" in result.stderr
-    if (out / "latest.pt").exists():
-        checkpoint = torch.load(out / "latest.pt", weights_only=True)
-        assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert "became" in result.stderr and "at step" in result.stderr and "holds the last good weights" in result.stderr
+    checkpoint = torch.load(out / "latest.pt", weights_only=True)
+    assert checkpoint["step"] >= 6
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
 
 
-def test_every_flag_is_documented_with_its_default():
-    for script in ("train_dvae.py", "train_mnist.py", "generate_mnist.py", "evaluate.py", "benchmark.py"):
-        result = run_script(script, "--help")
-        assert result.returncode == 0
-        assert "default" in result.stdout and "--device" in result.stdout
+def help_blocks(text):
+    """--help output -> {option: its help text}, one entry per option listed."""
+    blocks, current = {}, None
+    for line in text.split("options:", 1)[1].splitlines():
+        stripped = line.strip()
+        if line.startswith("  -"):
+            current = stripped.split()[0].rstrip(",")
+            blocks[current] = stripped
+        elif current and stripped:
+            blocks[current] += " " + stripped
+    return blocks
+
+
+@pytest.mark.parametrize("script", ["train_dvae.py", "train_mnist.py", "generate_mnist.py", "evaluate.py", "benchmark.py"])
+def test_every_flag_is_documented_with_its_default(script):
+    """Every option that takes a value says its default (or that it is required, optional or repeatable)."""
+    result = run_script(script, "--help")
+    assert result.returncode == 0
+    blocks = help_blocks(result.stdout)
+    assert "--device" in blocks
+    for option, text in blocks.items():
+        takes_value = len(text.split()) > 1 and text.split()[1].isupper() or "{" in text.split()[1]
+        if takes_value:
+            assert any(word in text for word in ("default", "required", "optional", "repeatable")), f"{script} {option}"
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this PyTorch build has no torch.distributed")
@@ -192,3 +217,14 @@ def test_two_processes_under_torchrun_stay_in_sync(tmp_path, mnist_dir):
     assert result.stdout.count("done:") == 1  # rank 0 alone logs ...
     assert sorted(p.name for p in out.glob("*.pt")) == ["dvae-3.pt", "dvae-6.pt", "latest.pt"]  # ... and writes
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 6
+
+
+def test_a_finite_loss_with_non_finite_gradients_stops_before_the_weights_change(tmp_path):
+    """sqrt(w - w) is 0, but its gradient is 0 * inf = nan: the check must come before optimizer.step()."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    loop = Loop("toy", tmp_path, total_steps=5, sample_every=100, checkpoint_seconds=1e9, grad_clip=0.0, shown=())
+    with pytest.raises(UserError, match="gradient norm became nan at step 1; no checkpoint was written yet"):
+        fit(loop, Run(torch.device("cpu")), torch.nn.ParameterList([weight]), optimizer,
+            lambda step: {"loss": (weight - weight).sqrt().sum()}, lambda step: {}, lambda step: {})
+    assert torch.equal(weight.detach(), torch.ones(3))

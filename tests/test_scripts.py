@@ -36,6 +36,26 @@ def test_train_dvae_writes_checkpoints_and_grids(trained):
     assert "MNIST training split, 400 digits" in trained["log"]
 
 
+def read_metrics(folder):
+    """metrics.csv -> {metric: {step: value}}."""
+    rows = [line.split(",") for line in (folder / "metrics.csv").read_text().splitlines()[1:]]
+    metrics = {}
+    for step, name, value in rows:
+        metrics.setdefault(name, {})[int(step)] = float(value)
+    return metrics
+
+
+def test_both_trainers_log_every_step_and_each_validation_to_metrics_csv(trained):
+    dvae, dall_e = read_metrics(trained["dvae"]), read_metrics(trained["dall_e"])
+    for name in ("loss", "reconstruction", "kl", "tau", "kl_weight", "lr"):
+        assert sorted(dvae[name]) == [1, 2, 3, 4, 5, 6], name
+    assert sorted(dvae["validation_mse"]) == [3, 6] and dvae["kl_weight"][1] == 0.0 < dvae["kl_weight"][6]
+    assert dvae["tau"][1] > dvae["tau"][6]  # the temperature anneals
+    for name in ("loss", "text", "image", "lr"):
+        assert sorted(dall_e[name]) == [1, 2, 3, 4, 5, 6], name
+    assert sorted(dall_e["validation_image_loss"]) == [3, 6]
+
+
 def test_train_mnist_writes_samples_prompts_and_a_self_contained_checkpoint(trained):
     names = {p.name for p in trained["dall_e"].iterdir()}
     assert {"dall_e-3.pt", "dall_e-6.pt", "latest.pt", "sample-6.png", "sample_prompts-6.txt"} <= names
