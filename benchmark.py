@@ -78,7 +78,9 @@ def train_speed(model, batch_fn, device, steps):
 def transformer_flops_per_token(model, context):
     """Training FLOPs per token: 6 per matmul weight (forward + backward), plus attention scores."""
     c = model.config
-    weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embedding" not in n and "position" not in n)
+    weights = sum(
+        p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embedding" not in n and "position" not in n
+    )
     attention = 2 * 2 * c.n_layer * context * c.n_embd  # QK^T and AV, forward
     return 6 * weights + 3 * attention
 
@@ -123,8 +125,12 @@ def measure(args):
         prompts = torch.randint(0, 20, (batch, config.dall_e.text_length), device=device)
         for use_cache in (True, False):
             repeats = 3 if batch == 1 else 1
-            seconds = timed(lambda: generate_images(model, dvae, prompts, use_cache=use_cache), device, repeats, warmup=1)
-            figures[f"sampling_images_per_s_batch{'1' if batch == 1 else '_large'}_{'cache' if use_cache else 'no_cache'}"] = batch / seconds
+            seconds = timed(
+                lambda: generate_images(model, dvae, prompts, use_cache=use_cache), device, repeats, warmup=1
+            )
+            figures[
+                f"sampling_images_per_s_batch{'1' if batch == 1 else '_large'}_{'cache' if use_cache else 'no_cache'}"
+            ] = batch / seconds
         bar.update()
     bar.close()
     if args.profile:  # prompts: the large batch, from the last turn of the loop above
@@ -133,7 +139,9 @@ def measure(args):
     if device.type == "cuda":
         figures["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     else:  # ru_maxrss is KiB on Linux, bytes on macOS
-        figures["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        figures["peak_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+            1 if sys.platform == "darwin" else 1024
+        )
     return figures
 
 
@@ -143,12 +151,21 @@ def print_table(f):
         ("device", f"{f['device']} ({f['threads']} threads)"),
         ("matmul peak (fp32)", f"{f['matmul_peak_flops'] / 1e9:.1f} GFLOP/s"),
         ("dVAE training", f"{f['dvae_train_images_per_s']:.0f} images/s"),
-        ("transformer training", f"{f['transformer_train_tokens_per_s']:,.0f} tokens/s, "
-                                 f"{f['transformer_train_flops'] / 1e9:.1f} GFLOP/s = {f['transformer_share_of_peak']:.0%} of peak"),
-        ("sampling, batch 1", f"{f['sampling_images_per_s_batch1_cache']:.1f} images/s with KV cache, "
-                              f"{f['sampling_images_per_s_batch1_no_cache']:.1f} without"),
-        (f"sampling, batch {large}", f"{f['sampling_images_per_s_batch_large_cache']:.0f} images/s with KV cache, "
-                                     f"{f['sampling_images_per_s_batch_large_no_cache']:.0f} without"),
+        (
+            "transformer training",
+            f"{f['transformer_train_tokens_per_s']:,.0f} tokens/s, "
+            f"{f['transformer_train_flops'] / 1e9:.1f} GFLOP/s = {f['transformer_share_of_peak']:.0%} of peak",
+        ),
+        (
+            "sampling, batch 1",
+            f"{f['sampling_images_per_s_batch1_cache']:.1f} images/s with KV cache, "
+            f"{f['sampling_images_per_s_batch1_no_cache']:.1f} without",
+        ),
+        (
+            f"sampling, batch {large}",
+            f"{f['sampling_images_per_s_batch_large_cache']:.0f} images/s with KV cache, "
+            f"{f['sampling_images_per_s_batch_large_no_cache']:.0f} without",
+        ),
         ("peak memory", f"{f['peak_memory_bytes'] / 2**20:.0f} MiB"),
     ]
     print_rows(rows)

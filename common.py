@@ -35,18 +35,27 @@ def add_common_flags(parser, output_dir):
     )
     parser.add_argument("--data_dir", default="data", help="where MNIST is read or downloaded (default: %(default)s)")
     parser.add_argument("--output_dir", default=output_dir, help="where outputs are written (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override any config value, e.g. --set dvae.codebook_size=64 (repeatable)",
     )
 
 
 def add_training_flags(parser):
     parser.add_argument("--num_training_steps", type=int, help="training steps (default: from the config)")
-    parser.add_argument("--batch_size", type=int, help="global batch size, split across processes (default: from the config)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/latest.pt to the same final step")
+    parser.add_argument(
+        "--batch_size", type=int, help="global batch size, split across processes (default: from the config)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT_DIR/latest.pt to the same final step"
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; default: off)")
 
 
@@ -59,17 +68,25 @@ CANDIDATES = 8
 def add_sampling_flags(parser, batch_size):
     """Flags shared by generate_mnist.py and evaluate.py: how images are drawn and reranked."""
     parser.add_argument(
-        "--candidates", type=int, default=CANDIDATES,
-        help="draws per image, of which the reranker keeps one (paper section 2.3; 1 turns it off; default: %(default)s)",
+        "--candidates",
+        type=int,
+        default=CANDIDATES,
+        help="draws per image, of which the reranker keeps one (paper 2.3; 1 turns it off; default: %(default)s)",
     )
     parser.add_argument(
-        "--keep", choices=("first", "best"), default="first",
+        "--keep",
+        choices=("first", "best"),
+        default="first",
         help="the first candidate the reranker accepts, or its favourite (default: %(default)s)",
     )
-    parser.add_argument("--temperature", type=float, default=SAMPLING_TEMPERATURE, help="softmax temperature (default: %(default)s)")
+    parser.add_argument(
+        "--temperature", type=float, default=SAMPLING_TEMPERATURE, help="softmax temperature (default: %(default)s)"
+    )
     parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument("--batch_size", type=int, default=batch_size, help="images sampled at once (default: %(default)s)")
+    parser.add_argument(
+        "--batch_size", type=int, default=batch_size, help="images sampled at once (default: %(default)s)"
+    )
 
 
 def check_sampling_args(args, codebook_size):
@@ -177,10 +194,14 @@ def dall_e_from_checkpoint(checkpoint):
     config = dall_e_config_of(checkpoint)
     tokenizer = Tokenizer(config.text_length)
     if tokenizer.vocabulary != checkpoint["vocabulary"]:
-        raise UserError("the checkpoint's vocabulary differs from this code's tokenizer; it was made by another version")
+        raise UserError(
+            "the checkpoint's vocabulary differs from this code's tokenizer; it was made by another version"
+        )
     dvae = dvae_from_checkpoint(checkpoint)
     model = DallE(config, dvae.config, tokenizer.vocab_size)
-    model.load_state_dict(checkpoint.get("ema_model", checkpoint["model"]))  # the moving average, where trained with one
+    model.load_state_dict(
+        checkpoint.get("ema_model", checkpoint["model"])
+    )  # the moving average, where trained with one
     return model.eval(), dvae, tokenizer
 
 

@@ -216,9 +216,7 @@ def validate(config: Config):
     m = config.dall_e
     _require(m.text_length >= 1, f"dall_e.text_length must be >= 1 (prompts are one word), got {m.text_length}")
     _require(m.n_layer >= 1 and m.n_head >= 1, f"dall_e.n_layer and n_head must be >= 1, got {m.n_layer}, {m.n_head}")
-    _require(
-        m.n_embd % m.n_head == 0, f"dall_e.n_embd={m.n_embd} must be divisible by dall_e.n_head={m.n_head}"
-    )
+    _require(m.n_embd % m.n_head == 0, f"dall_e.n_embd={m.n_embd} must be divisible by dall_e.n_head={m.n_head}")
     _require(0 <= m.dropout < 1, f"dall_e.dropout must be in [0, 1), got {m.dropout}")
     _require(
         m.conv_kernel >= 1 and m.conv_kernel % 2 == 1, f"dall_e.conv_kernel must be odd and >= 1, got {m.conv_kernel}"
@@ -229,9 +227,7 @@ def validate(config: Config):
     _require(d.warmup_steps >= 0, f"train_dall_e.warmup_steps must be >= 0, got {d.warmup_steps}")
     _require(0 <= d.weight_decay, f"train_dall_e.weight_decay must be >= 0, got {d.weight_decay}")
     _require(0 <= d.ema_decay < 1, f"train_dall_e.ema_decay must be in [0, 1), got {d.ema_decay}")
-    _require(
-        0 <= d.text_loss_weight <= 1, f"train_dall_e.text_loss_weight must be in [0, 1], got {d.text_loss_weight}"
-    )
+    _require(0 <= d.text_loss_weight <= 1, f"train_dall_e.text_loss_weight must be in [0, 1], got {d.text_loss_weight}")
     _require(d.reranker_steps >= 1, f"train_dall_e.reranker_steps must be >= 1, got {d.reranker_steps}")
     for key in ("augment_copies", "augment_shift", "augment_degrees"):
         _require(getattr(d, key) >= 0, f"train_dall_e.{key} must be >= 0, got {getattr(d, key)}")

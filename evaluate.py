@@ -54,15 +54,21 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dall_e_checkpoint", default="output/dall_e/latest.pt", help="default: %(default)s")
     parser.add_argument(
-        "--split", choices=("validation", "test"), default="validation",
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
         help="validation (carved from the training digits) to choose settings, test to report (default: %(default)s)",
     )
     parser.add_argument("--data_dir", default="data", help="training digits (default: %(default)s)")
     parser.add_argument("--test_data_dir", help="folder with MNIST's t10k-*-ubyte(.gz) files (default: --data_dir)")
-    parser.add_argument("--samples_per_digit", type=int, default=100, help="per digit and spelling (default: %(default)s)")
+    parser.add_argument(
+        "--samples_per_digit", type=int, default=100, help="per digit and spelling (default: %(default)s)"
+    )
     add_sampling_flags(parser, batch_size=1000)
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
-    parser.add_argument("--judge_dir", default="output/judge", help="where the judges are cached (default: %(default)s)")
+    parser.add_argument(
+        "--judge_dir", default="output/judge", help="where the judges are cached (default: %(default)s)"
+    )
     parser.add_argument("--device", default="auto", help="default: %(default)s")
     return parser.parse_args(argv)
 
@@ -77,7 +83,15 @@ def generate_for_every_digit(model, dvae, tokenizer, args, device, reranker=None
     images = []
     for t in text.split(max(1, args.batch_size // candidates)):
         drawn = generate_images(
-            model, dvae, t, args.temperature, args.top_k, generator, reranker=reranker, candidates=candidates, keep=args.keep
+            model,
+            dvae,
+            t,
+            args.temperature,
+            args.top_k,
+            generator,
+            reranker=reranker,
+            candidates=candidates,
+            keep=args.keep,
         )
         images.append(drawn.cpu())
     return torch.cat(images), digits, time.perf_counter() - start
@@ -125,8 +139,11 @@ class Instrument:
 
     def references(self):
         return {
-            "accuracy_on_real": self.accuracy, "unsure_on_real": self.unsure, "fid_floor": self.floor,
-            "fid_dvae_reconstructions": self.reconstructions, "fid_set_size": len(self.real),
+            "accuracy_on_real": self.accuracy,
+            "unsure_on_real": self.unsure,
+            "fid_floor": self.floor,
+            "fid_dvae_reconstructions": self.reconstructions,
+            "fid_set_size": len(self.real),
         }
 
 
@@ -160,7 +177,9 @@ def measure(args):
     other = train[0][torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(1))][: len(split_images)]
     reconstructions = torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in other.split(1000)])
     instruments = {
-        name: Instrument(load_or_train_judge(args.judge_dir, name, *train, device), split, other, reconstructions, device)
+        name: Instrument(
+            load_or_train_judge(args.judge_dir, name, *train, device), split, other, reconstructions, device
+        )
         for name in JUDGES
     }
     real_distances = nearest_training_distance(to_float(split_images), split[1][: len(split_images)], *train)
@@ -172,7 +191,9 @@ def measure(args):
         kept, _, _ = generate_for_every_digit(model, dvae, tokenizer, args, device, reranker, args.candidates)
         draws[str(args.candidates)] = measure_draws(kept, digits, instruments, real_distances, train)
         with torch.no_grad():
-            read = torch.cat([reranker.digit_probabilities(to_float(x).to(device)).argmax(1).cpu() for x in split[0].split(1000)])
+            read = torch.cat(
+                [reranker.digit_probabilities(to_float(x).to(device)).argmax(1).cpu() for x in split[0].split(1000)]
+            )
         reranker_accuracy = (read == split[1]).float().mean().item()
 
     spelling = torch.arange(len(split[1])) % 2
@@ -194,19 +215,30 @@ def measure(args):
 
 def draw_rows(label, d, judges):
     rows = [(f"prompt accuracy, {label}", " ".join(f"judge {j} {d[j]['prompt_accuracy']:.1%}" for j in JUDGES))]
-    rows.append(("  per digit (judge A)", " ".join(f"{k}:{a:.0%}" for k, a in d["A"]["prompt_accuracy_per_digit"].items())))
+    rows.append(
+        ("  per digit (judge A)", " ".join(f"{k}:{a:.0%}" for k, a in d["A"]["prompt_accuracy_per_digit"].items()))
+    )
     for j in JUDGES:
         r = judges[j]
-        rows.append((
-            f"judge {j} FID, {label}",
-            f"{d[j]['fid']:.2f} = {d[j]['fid_over_floor']:.2f}x floor {r['fid_floor']:.2f}, "
-            f"{d[j]['fid_over_dvae']:.2f}x dVAE recon. {r['fid_dvae_reconstructions']:.2f}",
-        ))
-    rows.append((
-        f"unsure, {label}",
-        " ".join(f"judge {j} {d[j]['unsure']:.1%} (real {judges[j]['unsure_on_real']:.1%})" for j in JUDGES),
-    ))
-    rows.append((f"near-copies, {label}", f"{d['near_copies']:.1%} (median distance to training {d['median_training_distance']:.2f})"))
+        rows.append(
+            (
+                f"judge {j} FID, {label}",
+                f"{d[j]['fid']:.2f} = {d[j]['fid_over_floor']:.2f}x floor {r['fid_floor']:.2f}, "
+                f"{d[j]['fid_over_dvae']:.2f}x dVAE recon. {r['fid_dvae_reconstructions']:.2f}",
+            )
+        )
+    rows.append(
+        (
+            f"unsure, {label}",
+            " ".join(f"judge {j} {d[j]['unsure']:.1%} (real {judges[j]['unsure_on_real']:.1%})" for j in JUDGES),
+        )
+    )
+    rows.append(
+        (
+            f"near-copies, {label}",
+            f"{d['near_copies']:.1%} (median distance to training {d['median_training_distance']:.2f})",
+        )
+    )
     return rows
 
 
@@ -215,17 +247,26 @@ def print_table(m, codebook_size):
     for candidates, d in m["draws"].items():
         rows += draw_rows("one draw" if candidates == "1" else f"{m['keep']} of {candidates}", d, m["judges"])
     rows += [
-        ("real digits", f"median distance to training {m['real_median_training_distance']:.2f}; "
-                        f"FID sets of {m['judges']['A']['fid_set_size']}"),
+        (
+            "real digits",
+            f"median distance to training {m['real_median_training_distance']:.2f}; "
+            f"FID sets of {m['judges']['A']['fid_set_size']}",
+        ),
         ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['split_digits']:,} {m['split']} digits"),
         ("dVAE MSE", f"{m['dvae']['mse']:.5f}"),
         ("dVAE codes used", f"{m['dvae']['codes_used']}/{codebook_size}, perplexity {m['dvae']['perplexity']:.1f}"),
-        ("judge accuracy", " ".join(f"{j} {m['judges'][j]['accuracy_on_real']:.2%}" for j in JUDGES) + " on real digits"),
+        (
+            "judge accuracy",
+            " ".join(f"{j} {m['judges'][j]['accuracy_on_real']:.2%}" for j in JUDGES) + " on real digits",
+        ),
     ]
     if m["reranker_accuracy"] is not None:
         rows.append(("reranker accuracy", f"{m['reranker_accuracy']:.2%} on real digits"))
     rows.append(
-        ("sampling speed", f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m['batch_size']})")
+        (
+            "sampling speed",
+            f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m['batch_size']})",
+        )
     )
     print_rows(rows)
 
@@ -234,8 +275,13 @@ def main():
     args = parse_args()
     if args.samples_per_digit < 1:
         raise UserError(f"--samples_per_digit must be >= 1, got {args.samples_per_digit}")
-    settings = {"keep": args.keep, "batch_size": args.batch_size, "temperature": args.temperature,
-                "candidates": args.candidates, "checkpoint": str(args.dall_e_checkpoint)}
+    settings = {
+        "keep": args.keep,
+        "batch_size": args.batch_size,
+        "temperature": args.temperature,
+        "candidates": args.candidates,
+        "checkpoint": str(args.dall_e_checkpoint),
+    }
     metrics = measure(args) | settings
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -245,8 +291,10 @@ def main():
     print_table(metrics, codebook_size)
     for name, judge in metrics["judges"].items():
         if judge["accuracy_on_real"] < JUDGE_MIN_ACCURACY:
-            print(f"warning: judge {name} reads only {judge['accuracy_on_real']:.1%} of real digits right; "
-                  f"its verdicts mean little below {JUDGE_MIN_ACCURACY:.0%}")
+            print(
+                f"warning: judge {name} reads only {judge['accuracy_on_real']:.1%} of real digits right; "
+                f"its verdicts mean little below {JUDGE_MIN_ACCURACY:.0%}"
+            )
     print(f"wrote {output_dir / 'metrics.json'}")
 
 

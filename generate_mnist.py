@@ -77,8 +77,15 @@ def sample(model, dvae, text, args, device, reranker=None):
     chunks = []
     for batch in tqdm(text.split(args.batch_size), desc="sampling", unit="batch"):
         images = generate_images(
-            model, dvae, batch.to(device), args.temperature, args.top_k, generator,
-            reranker=reranker, candidates=args.candidates, keep=args.keep,
+            model,
+            dvae,
+            batch.to(device),
+            args.temperature,
+            args.top_k,
+            generator,
+            reranker=reranker,
+            candidates=args.candidates,
+            keep=args.keep,
         )
         chunks.append(images.cpu())
     return torch.cat(chunks)

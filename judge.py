@@ -37,9 +37,19 @@ class Judge(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 8 * 8, FEATURES), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 8 * 8, FEATURES),
+            nn.ReLU(),
         )
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(FEATURES, 10)
@@ -65,7 +75,8 @@ class StridedJudge(nn.Module):
             *_conv(32, 64, 3, 1),
             *_conv(64, FEATURES, 3, 2),  # (B, 128, 8, 8)
             *_conv(FEATURES, FEATURES, 3, 1),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (B, 128)
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),  # (B, 128)
         )
         self.head = nn.Linear(FEATURES, 10)
 

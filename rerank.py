@@ -47,14 +47,19 @@ class Reranker(nn.Module):
         self.word_embedding = nn.Embedding(shape.vocab_size, shape.embed_dim)
         self.text_projection = nn.Linear(shape.embed_dim, shape.embed_dim)
         self.image_encoder = nn.Sequential(
-            nn.Conv2d(shape.channels, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, S/2, S/2)
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (B, 64, S/4, S/4)
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(),  # (B, 64 * 16)
+            nn.Conv2d(shape.channels, 32, 4, stride=2, padding=1),
+            nn.ReLU(),  # (B, 32, S/2, S/2)
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            nn.ReLU(),  # (B, 64, S/4, S/4)
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),  # (B, 64 * 16)
             nn.Linear(64 * 16, shape.embed_dim),
         )
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learned temperature
         captions = torch.zeros(shape.digits * shape.spellings, shape.text_length, dtype=torch.long)
-        self.register_buffer("captions", captions)  # (P, T) the known captions, digit-major; set by train_mnist.train_reranker
+        self.register_buffer(
+            "captions", captions
+        )  # (P, T) the known captions, digit-major; set by train_mnist.train_reranker
 
     def encode_text(self, text):
         """(P, T) token ids -> (P, E) unit vectors; padding is left out of the mean."""

@@ -11,7 +11,16 @@ from rerank import rerank
 
 @torch.no_grad()
 def generate_images(
-    model, dvae, text, temperature=1.0, top_k=None, generator=None, use_cache=True, reranker=None, candidates=1, keep="first"
+    model,
+    dvae,
+    text,
+    temperature=1.0,
+    top_k=None,
+    generator=None,
+    use_cache=True,
+    reranker=None,
+    candidates=1,
+    keep="first",
 ):
     """text (B, T) -> images (B, C, S, S) in [0, 1].
 

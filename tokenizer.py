@@ -42,9 +42,7 @@ class Tokenizer:
         if unknown:
             raise UserError(f"unknown word '{unknown[0]}' in prompt {prompt!r}; known words: {' '.join(self.words)}")
         if len(words) > self.text_length:
-            raise UserError(
-                f"prompt {prompt!r} has {len(words)} words but the model reads at most {self.text_length}"
-            )
+            raise UserError(f"prompt {prompt!r} has {len(words)} words but the model reads at most {self.text_length}")
         ids = [self.ids[w] for w in words]
         return ids + [len(self.words) + i for i in range(len(ids), self.text_length)]
 

@@ -71,8 +71,14 @@ def main():
         out = ddp_model(images, temperature, kl_weight)
         _, perplexity = codebook_usage(out["codes"], config.dvae.codebook_size)
         return {
-            "loss": out["loss"], "reconstruction": out["reconstruction"], "kl": out["kl"], "mse": out["mse"],
-            "tau": temperature, "kl_weight": kl_weight, "lr": learning_rate, "ppl": perplexity,
+            "loss": out["loss"],
+            "reconstruction": out["reconstruction"],
+            "kl": out["kl"],
+            "mse": out["mse"],
+            "tau": temperature,
+            "kl_weight": kl_weight,
+            "lr": learning_rate,
+            "ppl": perplexity,
         }
 
     def on_sample(step):
@@ -81,8 +87,8 @@ def main():
         save_reconstructions(model, validation_images, output_dir / f"recon-{step}.png", run.device)
         model.train()
         run.log(
-            f"step {step}: validation MSE {validation['mse']:.4f}, "
-            f"codes used {validation['codes_used']}/{config.dvae.codebook_size}, perplexity {validation['perplexity']:.1f}"
+            f"step {step}: validation MSE {validation['mse']:.4f}, codes used "
+            f"{validation['codes_used']}/{config.dvae.codebook_size}, perplexity {validation['perplexity']:.1f}"
         )
         return validation
 
@@ -95,7 +101,15 @@ def main():
             "optimizer": optimizer.state_dict(),
         }
 
-    loop = Loop("dvae", output_dir, t.num_training_steps, t.sample_every, t.checkpoint_seconds, t.grad_clip, ("loss", "mse", "tau", "ppl"))
+    loop = Loop(
+        "dvae",
+        output_dir,
+        t.num_training_steps,
+        t.sample_every,
+        t.checkpoint_seconds,
+        t.grad_clip,
+        ("loss", "mse", "tau", "ppl"),
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     fit(loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step, autocast(run, args.bf16))
     run.log(f"done: {output_dir / 'latest.pt'}")

@@ -75,11 +75,15 @@ def tokenise_training_set(dvae, images, labels, t, seed, device):
     def augment(x):
         return random_affine(x, generator, t.augment_shift, t.augment_degrees, t.augment_scale)
 
-    codes = [encode_all(dvae, images, device)] + [encode_all(dvae, images, device, augment) for _ in range(t.augment_copies)]
+    codes = [encode_all(dvae, images, device)] + [
+        encode_all(dvae, images, device, augment) for _ in range(t.augment_copies)
+    ]
     return torch.cat(codes), labels.repeat(1 + t.augment_copies)
 
 
-def train_reranker(images, labels, prompt_ids, tokenizer, device, steps=600, batch_size=128, learning_rate=2e-3, seed=0):
+def train_reranker(
+    images, labels, prompt_ids, tokenizer, device, steps=600, batch_size=128, learning_rate=2e-3, seed=0
+):
     """images (N, C, S, S) uint8, labels (N,), prompt_ids (10, spellings, T) -> a trained Reranker (eval mode)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -151,8 +155,13 @@ def main():
     sampler = ema.module if ema else model  # what draws: the moving average of the weights, where there is one
     ddp_model = wrap(model, run)
     m = config.dall_e
-    densities = ", ".join(f"{k} {mask_density(k, dvae.config.grid_size, m.conv_kernel, m.mask_anchor):.0%}" for k in MASK_KINDS)
-    run.log(f"DALL-E: {sum(p.numel() for p in model.parameters()):,} parameters; masks keep {densities} of causal image pairs")
+    densities = ", ".join(
+        f"{k} {mask_density(k, dvae.config.grid_size, m.conv_kernel, m.mask_anchor):.0%}" for k in MASK_KINDS
+    )
+    run.log(
+        f"DALL-E: {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"masks keep {densities} of causal image pairs"
+    )
     batches = batch_indices(len(train_codes), t.batch_size, args.seed, start_step, run.rank, run.world_size)
 
     def train_step(step):
@@ -173,7 +182,9 @@ def main():
         losses = heldout_losses(sampler, validation_text.to(run.device), validation_codes.to(run.device))
         generator = torch.Generator(run.device).manual_seed(args.seed)
         text = encode_prompts(tokenizer, SAMPLE_PROMPTS).to(run.device)
-        save_image(generate_images(sampler, dvae, text, generator=generator), output_dir / f"sample-{step}.png", nrow=10)
+        save_image(
+            generate_images(sampler, dvae, text, generator=generator), output_dir / f"sample-{step}.png", nrow=10
+        )
         (output_dir / f"sample_prompts-{step}.txt").write_text(" ".join(DIGITS) + "\n" + " ".join(WORDS) + "\n")
         model.train()
         run.log(
@@ -194,10 +205,26 @@ def main():
             "optimizer": optimizer.state_dict(),
         } | ({"ema_model": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)} if ema else {})
 
-    loop = Loop("dall_e", output_dir, t.num_training_steps, t.sample_every, t.checkpoint_seconds, t.grad_clip, ("loss", "text", "image"))
+    loop = Loop(
+        "dall_e",
+        output_dir,
+        t.num_training_steps,
+        t.sample_every,
+        t.checkpoint_seconds,
+        t.grad_clip,
+        ("loss", "text", "image"),
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     fit(
-        loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step, autocast(run, args.bf16),
+        loop,
+        run,
+        ddp_model,
+        optimizer,
+        train_step,
+        make_checkpoint,
+        on_sample,
+        start_step,
+        autocast(run, args.bf16),
         after_step,
     )
     run.log(f"done: {output_dir / 'latest.pt'}")

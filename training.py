@@ -170,7 +170,15 @@ def check_finite(loop, what, value, step, latest):
 
 
 def fit(
-    loop: Loop, run: Run, model, optimizer, train_step, make_checkpoint, on_sample, start_step=0, precision=None,
+    loop: Loop,
+    run: Run,
+    model,
+    optimizer,
+    train_step,
+    make_checkpoint,
+    on_sample,
+    start_step=0,
+    precision=None,
     after_step=None,
 ):
     """Optimise from start_step to loop.total_steps.
@@ -201,7 +209,10 @@ def fit(
             with precision or contextlib.nullcontext():
                 metrics = train_step(step)
             loss = metrics["loss"]
-            shown = {k: f"{float(metrics[k].detach() if torch.is_tensor(metrics[k]) else metrics[k]):.4g}" for k in loop.shown}
+            shown = {
+                k: f"{float(metrics[k].detach() if torch.is_tensor(metrics[k]) else metrics[k]):.4g}"
+                for k in loop.shown
+            }
             check_finite(loop, "loss", loss, step, latest)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -212,7 +223,9 @@ def fit(
             if after_step:
                 after_step(step)
             step += 1
-            log.write(step, {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()})
+            log.write(
+                step, {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()}
+            )
             bar.update(1)
             bar.set_postfix(shown, refresh=False)
             if step % loop.sample_every == 0 or step == loop.total_steps:

@@ -107,7 +107,9 @@ class SelfAttention(nn.Module):
         self.dropout = c.dropout
 
     def forward(self, x, mask, cache=None, layer=0, start=0, keys=None):
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head)  # 3 x (B, nh, T, hs)
+        q, k, v = rearrange(
+            self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_head
+        )  # 3 x (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, nh, start + T, hs)
         if keys is not None:  # one new token under a sparse mask: read only the keys it allows
@@ -163,7 +165,9 @@ class Transformer(nn.Module):
 
     def position_embeddings(self):
         """(L, D): text slots, then row + column embeddings in raster order."""
-        image = rearrange(self.row_position[:, None] + self.column_position[None, :], "r c d -> (r c) d")  # (N, D) raster order
+        image = rearrange(
+            self.row_position[:, None] + self.column_position[None, :], "r c d -> (r c) d"
+        )  # (N, D) raster order
         return torch.cat([self.text_position, image])
 
     def forward(self, x, start=0, cache=None):

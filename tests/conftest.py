@@ -20,8 +20,14 @@ TINY = {
     "dvae": {"codebook_size": 16, "codebook_dim": 8, "hidden_dim": 4, "num_resnet_blocks": 1},
     "train_dvae": {"num_training_steps": 6, "batch_size": 8, "sample_every": 3, "checkpoint_seconds": 0},
     "dall_e": {"n_layer": 2, "n_head": 2, "n_embd": 16},
-    "train_dall_e": {"num_training_steps": 6, "batch_size": 8, "sample_every": 3, "warmup_steps": 2, "checkpoint_seconds": 0,
-                      "reranker_steps": 5},
+    "train_dall_e": {
+        "num_training_steps": 6,
+        "batch_size": 8,
+        "sample_every": 3,
+        "warmup_steps": 2,
+        "checkpoint_seconds": 0,
+        "reranker_steps": 5,
+    },
 }
 
 
@@ -52,9 +58,7 @@ def tiny_config(tmp_path):
 
 def run_script(*args, timeout=120):
     """Run one of the project's scripts as a user would; returns the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_clean_error(result, *fragments):

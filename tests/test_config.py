@@ -20,7 +20,9 @@ def test_defaults_and_overrides(tmp_path):
     assert config.dall_e.n_layer == 4  # untouched default
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_experiments_load_and_change_something(path):
     """Each experiment file is valid and holds only values that differ from config.py's defaults."""
     config = load_config(path)

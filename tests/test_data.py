@@ -74,7 +74,9 @@ def centre_of_mass(images):
     """(N, 1, S, S) -> (N, 2) as (x, y) pixel coordinates."""
     grid = torch.arange(images.shape[-1], dtype=torch.float32)
     mass = images.sum(dim=(1, 2, 3))
-    return torch.stack([(images.sum(dim=(1, 2)) * grid).sum(1) / mass, (images.sum(dim=(1, 3)) * grid).sum(1) / mass], 1)
+    return torch.stack(
+        [(images.sum(dim=(1, 2)) * grid).sum(1) / mass, (images.sum(dim=(1, 3)) * grid).sum(1) / mass], 1
+    )
 
 
 def test_random_affine_moves_each_digit_within_its_limits():

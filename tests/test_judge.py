@@ -35,7 +35,9 @@ def test_copies_of_training_digits_are_counted_as_near_copies():
     train_labels = torch.arange(200) % 10
     real = torch.rand(50, 1, 32, 32, generator=generator)
     real_labels = torch.arange(50) % 10
-    assert torch.allclose(nearest_training_distance(train[:10].float() / 255, train_labels[:10], train, train_labels), torch.zeros(10))
+    assert torch.allclose(
+        nearest_training_distance(train[:10].float() / 255, train_labels[:10], train, train_labels), torch.zeros(10)
+    )
     copies = torch.cat([train[:20].float() / 255, torch.ones(20, 1, 32, 32)])  # 20 copies, 20 far from any digit
     digits = torch.cat([train_labels[:20], real_labels[:20]])
     real_distances = nearest_training_distance(real, real_labels, train, train_labels)

@@ -30,7 +30,9 @@ def test_a_model_file_loads_only_torch_the_config_and_other_model_files(name):
     assert "training" not in added and "data" not in added and "common" not in added
 
 
-@pytest.mark.parametrize("path", sorted(ROOT.glob("*.py")) + sorted((ROOT / "tests").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(ROOT.glob("*.py")) + sorted((ROOT / "tests").glob("*.py")), ids=lambda p: p.name
+)
 def test_every_import_sits_at_the_top_of_its_file(path):
     tree = ast.parse(path.read_text())
     top = set(map(id, tree.body))

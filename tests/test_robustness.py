@@ -33,7 +33,11 @@ def default_sigint():
 
 def start(script, *args):
     return subprocess.Popen(
-        [sys.executable, script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, script, *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=default_sigint,
     )
 
@@ -68,8 +72,14 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(tmp_path, mnist_di
 
 @pytest.mark.parametrize("script", ["train_dvae.py", "train_mnist.py"])
 def test_resuming_reproduces_the_uninterrupted_run(tmp_path, mnist_dir, script):
-    config = config_file(tmp_path, {**TINY, "train_dvae": {**TINY["train_dvae"], "sample_every": 3},
-                                    "train_dall_e": {**TINY["train_dall_e"], "sample_every": 3, "ema_decay": 0.5}})
+    config = config_file(
+        tmp_path,
+        {
+            **TINY,
+            "train_dvae": {**TINY["train_dvae"], "sample_every": 3},
+            "train_dall_e": {**TINY["train_dall_e"], "sample_every": 3, "ema_decay": 0.5},
+        },
+    )
     common = ["--config_path", config, "--data_dir", mnist_dir, "--device", "cpu"]
     if script == "train_mnist.py":
         dvae_dir = tmp_path / "dvae"
@@ -86,8 +96,13 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, mnist_dir, script):
     a = torch.load(whole / "latest.pt", weights_only=True)
     b = torch.load(resumed / "latest.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
-    logged = [[line.split(",")[:2] for line in (folder / "metrics.csv").read_text().splitlines()] for folder in (whole, resumed)]
-    assert [row for row in logged[0] if row[0] == "step" or int(row[0]) > 3] == logged[1]  # the resumed run logs steps 4-6
+    logged = [
+        [line.split(",")[:2] for line in (folder / "metrics.csv").read_text().splitlines()]
+        for folder in (whole, resumed)
+    ]
+    assert [row for row in logged[0] if row[0] == "step" or int(row[0]) > 3] == logged[
+        1
+    ]  # the resumed run logs steps 4-6
     for name, tensor in a["model"].items():
         torch.testing.assert_close(tensor, b["model"][name], rtol=1e-5, atol=1e-6)
     if script == "train_mnist.py":  # the moving average resumes too, and is not the raw weights
@@ -99,7 +114,9 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, mnist_dir, script):
 
 def test_ctrl_c_saves_and_exits_with_one_line(tmp_path, mnist_dir):
     out = tmp_path / "dvae"
-    process = start("train_dvae.py", "--config_path", config_file(tmp_path, LONGER), "--data_dir", mnist_dir, "--output_dir", out)
+    process = start(
+        "train_dvae.py", "--config_path", config_file(tmp_path, LONGER), "--data_dir", mnist_dir, "--output_dir", out
+    )
     wait_for(out / "latest.pt", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
@@ -128,20 +145,35 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_a_truncated_checkpoint_is_named(tmp_path, mnist_dir):
     out = tmp_path / "dvae"
     config = config_file(tmp_path, TINY)
-    assert run_script("train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out).returncode == 0
+    assert (
+        run_script("train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out).returncode
+        == 0
+    )
     broken = tmp_path / "broken.pt"
     broken.write_bytes((out / "latest.pt").read_bytes()[:2000])
-    result = run_script("train_mnist.py", "--dvae_checkpoint", broken, "--config_path", config, "--output_dir", tmp_path / "x")
+    result = run_script(
+        "train_mnist.py", "--dvae_checkpoint", broken, "--config_path", config, "--output_dir", tmp_path / "x"
+    )
     assert_clean_error(result, "truncated or not a checkpoint")
 
 
 def test_a_dvae_that_does_not_match_the_config_is_named(tmp_path, mnist_dir):
     out = tmp_path / "dvae"
     config = config_file(tmp_path, TINY)
-    assert run_script("train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out).returncode == 0
+    assert (
+        run_script("train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out).returncode
+        == 0
+    )
     result = run_script(
-        "train_mnist.py", "--dvae_checkpoint", out / "latest.pt", "--config_path", config, "--set", "dvae.codebook_size=32",
-        "--output_dir", tmp_path / "x",
+        "train_mnist.py",
+        "--dvae_checkpoint",
+        out / "latest.pt",
+        "--config_path",
+        config,
+        "--set",
+        "dvae.codebook_size=32",
+        "--output_dir",
+        tmp_path / "x",
     )
     assert_clean_error(result, "codebook_size=16", "dvae.codebook_size is 32")
 
@@ -168,8 +200,15 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     args = ["--config_path", config_file(tmp_path, TINY), "--data_dir", mnist_dir, "--output_dir", out]
     assert run_script("train_dvae.py", *args).returncode == 0
     result = run_script(
-        "train_dvae.py", *args, "--resume", "--num_training_steps", "40",
-        "--set", "train_dvae.learning_rate=1e30", "--set", "train_dvae.min_learning_rate=1e30",
+        "train_dvae.py",
+        *args,
+        "--resume",
+        "--num_training_steps",
+        "40",
+        "--set",
+        "train_dvae.learning_rate=1e30",
+        "--set",
+        "train_dvae.min_learning_rate=1e30",
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "became" in result.stderr and "at step" in result.stderr and "holds the last good weights" in result.stderr
@@ -191,7 +230,9 @@ def help_blocks(text):
     return blocks
 
 
-@pytest.mark.parametrize("script", ["train_dvae.py", "train_mnist.py", "generate_mnist.py", "evaluate.py", "benchmark.py"])
+@pytest.mark.parametrize(
+    "script", ["train_dvae.py", "train_mnist.py", "generate_mnist.py", "evaluate.py", "benchmark.py"]
+)
 def test_every_flag_is_documented_with_its_default(script):
     """Every option that takes a value says its default (or that it is required, optional or repeatable)."""
     result = run_script(script, "--help")
@@ -208,9 +249,27 @@ def test_every_flag_is_documented_with_its_default(script):
 def test_two_processes_under_torchrun_stay_in_sync(tmp_path, mnist_dir):
     out = tmp_path / "dvae"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_dvae.py",
-         "--config_path", config_file(tmp_path, TINY), "--data_dir", mnist_dir, "--output_dir", out, "--device", "cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train_dvae.py",
+            "--config_path",
+            config_file(tmp_path, TINY),
+            "--data_dir",
+            mnist_dir,
+            "--output_dir",
+            out,
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "all 2 processes hold identical weights" in result.stdout
@@ -225,6 +284,13 @@ def test_a_finite_loss_with_non_finite_gradients_stops_before_the_weights_change
     optimizer = torch.optim.SGD([weight], lr=0.1)
     loop = Loop("toy", tmp_path, total_steps=5, sample_every=100, checkpoint_seconds=1e9, grad_clip=0.0, shown=())
     with pytest.raises(UserError, match="gradient norm became nan at step 1; no checkpoint was written yet"):
-        fit(loop, Run(torch.device("cpu")), torch.nn.ParameterList([weight]), optimizer,
-            lambda step: {"loss": (weight - weight).sqrt().sum()}, lambda step: {}, lambda step: {})
+        fit(
+            loop,
+            Run(torch.device("cpu")),
+            torch.nn.ParameterList([weight]),
+            optimizer,
+            lambda step: {"loss": (weight - weight).sqrt().sum()},
+            lambda step: {},
+            lambda step: {},
+        )
     assert torch.equal(weight.detach(), torch.ones(3))

@@ -22,9 +22,17 @@ def trained(tmp_path_factory, mnist_dir):
     common = ["--config_path", config, "--data_dir", mnist_dir, "--device", "cpu"]
     dvae = run_script("train_dvae.py", *common, "--output_dir", dvae_dir)
     assert dvae.returncode == 0, dvae.stderr
-    dall_e = run_script("train_mnist.py", *common, "--output_dir", dall_e_dir, "--dvae_checkpoint", dvae_dir / "latest.pt")
+    dall_e = run_script(
+        "train_mnist.py", *common, "--output_dir", dall_e_dir, "--dvae_checkpoint", dvae_dir / "latest.pt"
+    )
     assert dall_e.returncode == 0, dall_e.stderr
-    return {"root": root, "config": config, "dvae": dvae_dir, "dall_e": dall_e_dir, "log": dvae.stdout + dvae.stderr + dall_e.stdout + dall_e.stderr}
+    return {
+        "root": root,
+        "config": config,
+        "dvae": dvae_dir,
+        "dall_e": dall_e_dir,
+        "log": dvae.stdout + dvae.stderr + dall_e.stdout + dall_e.stderr,
+    }
 
 
 def test_train_dvae_writes_checkpoints_and_grids(trained):
@@ -63,7 +71,10 @@ def test_train_mnist_writes_samples_prompts_and_a_self_contained_checkpoint(trai
     checkpoint = torch.load(trained["dall_e"] / "latest.pt", weights_only=True)
     assert checkpoint["kind"] == "dall_e" and checkpoint["step"] == 6
     assert "seven" in checkpoint["vocabulary"] and "dvae" in checkpoint
-    assert checkpoint["reranker"]["shape"]["digits"] == 10 and checkpoint["reranker"]["model"]["captions"].shape == (20, 2)
+    assert checkpoint["reranker"]["shape"]["digits"] == 10 and checkpoint["reranker"]["model"]["captions"].shape == (
+        20,
+        2,
+    )
     assert "masks keep row" in trained["log"]
 
 
@@ -73,8 +84,19 @@ def test_generate_writes_a_labelled_grid_and_npz_reproducibly(trained, tmp_path)
     outputs = []
     for name in ("a", "b"):
         result = run_script(
-            "generate_mnist.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--prompts_file", prompts,
-            "--samples_per_prompt", "2", "--seed", "0", "--output_dir", tmp_path / name, "--device", "cpu",
+            "generate_mnist.py",
+            "--dall_e_checkpoint",
+            trained["dall_e"] / "latest.pt",
+            "--prompts_file",
+            prompts,
+            "--samples_per_prompt",
+            "2",
+            "--seed",
+            "0",
+            "--output_dir",
+            tmp_path / name,
+            "--device",
+            "cpu",
         )
         assert result.returncode == 0, result.stderr
         assert (tmp_path / name / "sample.png").stat().st_size > 0
@@ -88,8 +110,15 @@ def test_generate_writes_a_labelled_grid_and_npz_reproducibly(trained, tmp_path)
 
 def test_generate_defaults_to_the_lessons_64_prompts(trained, tmp_path):
     result = run_script(
-        "generate_mnist.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--output_dir", tmp_path,
-        "--dvae_checkpoint", trained["dvae"] / "latest.pt", "--device", "cpu",
+        "generate_mnist.py",
+        "--dall_e_checkpoint",
+        trained["dall_e"] / "latest.pt",
+        "--output_dir",
+        tmp_path,
+        "--dvae_checkpoint",
+        trained["dvae"] / "latest.pt",
+        "--device",
+        "cpu",
     )
     assert result.returncode == 0, result.stderr
     samples = np.load(tmp_path / "samples.npz")
@@ -108,7 +137,9 @@ def test_generate_defaults_to_the_lessons_64_prompts(trained, tmp_path):
     ],
 )
 def test_generate_rejects_bad_input_with_one_line(trained, args, fragments, tmp_path):
-    result = run_script("generate_mnist.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--output_dir", tmp_path, *args)
+    result = run_script(
+        "generate_mnist.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--output_dir", tmp_path, *args
+    )
     assert_clean_error(result, *fragments)
 
 
@@ -118,8 +149,13 @@ def test_checkpoint_mixups_are_named(trained, tmp_path):
     result = run_script("generate_mnist.py", "--dall_e_checkpoint", tmp_path / "missing.pt")
     assert_clean_error(result, "checkpoint not found")
     result = run_script(
-        "train_mnist.py", "--dvae_checkpoint", trained["dall_e"] / "latest.pt", "--config_path", trained["config"],
-        "--output_dir", tmp_path,
+        "train_mnist.py",
+        "--dvae_checkpoint",
+        trained["dall_e"] / "latest.pt",
+        "--config_path",
+        trained["config"],
+        "--output_dir",
+        tmp_path,
     )
     assert_clean_error(result, "is a DALL-E checkpoint", "dVAE checkpoint (from train_dvae.py) is expected")
 
@@ -130,7 +166,8 @@ def test_train_dvae_rejects_bad_configs(tmp_path, tiny_config):
     bad.write_text("dvae:\n  codebook_sise: 8\n")
     assert_clean_error(run_script("train_dvae.py", "--config_path", bad), "codebook_sise", "codebook_size")
     assert_clean_error(
-        run_script("train_dvae.py", "--config_path", tiny_config, "--set", "dvae.image_size=36"), "not grid_size=8 times"
+        run_script("train_dvae.py", "--config_path", tiny_config, "--set", "dvae.image_size=36"),
+        "not grid_size=8 times",
     )
 
 
@@ -154,9 +191,23 @@ def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_di
     for name, (make, *_) in RECIPES.items():  # untrained judges: fast, and warned about
         save_checkpoint({"kind": "judge", "digits": 360, "model": make().state_dict()}, tmp_path / f"judge_{name}.pt")
     result = run_script(
-        "evaluate.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--data_dir", mnist_dir, "--split", split,
-        "--judge_dir", tmp_path, "--samples_per_digit", "2", "--candidates", "3", "--output_dir", tmp_path,
-        "--device", "cpu",
+        "evaluate.py",
+        "--dall_e_checkpoint",
+        trained["dall_e"] / "latest.pt",
+        "--data_dir",
+        mnist_dir,
+        "--split",
+        split,
+        "--judge_dir",
+        tmp_path,
+        "--samples_per_digit",
+        "2",
+        "--candidates",
+        "3",
+        "--output_dir",
+        tmp_path,
+        "--device",
+        "cpu",
     )
     assert result.returncode == 0, result.stderr
     assert "prompt accuracy, first of 3" in result.stdout and "warning: judge A reads only" in result.stdout

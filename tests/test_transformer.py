@@ -126,5 +126,9 @@ def test_sampling_reads_only_the_keys_row_and_column_masks_allow():
     row, column = MASK_KINDS.index("row"), MASK_KINDS.index("column")
     assert set(model.sparse_keys) == {row, column}
     last = model.max_length - 1
-    assert model.sparse_keys[row][last].tolist() == [0, 1, 2] + list(range(last - 4, last + 1))  # prompt + one row's worth
-    assert model.sparse_keys[column][last].tolist() == [0, 1, 2] + list(range(3 + 3, last + 1, 4))  # prompt + its column
+    assert model.sparse_keys[row][last].tolist() == [0, 1, 2] + list(
+        range(last - 4, last + 1)
+    )  # prompt + one row's worth
+    assert model.sparse_keys[column][last].tolist() == [0, 1, 2] + list(
+        range(3 + 3, last + 1, 4)
+    )  # prompt + its column

@@ -1,0 +1,218 @@
+"""Draw the README's figures from the code and from what the two trainers wrote to output/.
+
+    python make_figures.py          # after train_dvae.py and train_mnist.py with their defaults
+
+Each figure is one function below. The first two need no training; the others read
+output/dvae/ and output/dall_e/ (checkpoints, metrics.csv, sample grids) and are skipped, with a
+line naming the command that makes their inputs, where those are missing. Writes docs/*.png.
+"""
+
+import argparse
+import csv
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.patches import FancyArrowPatch, Rectangle
+
+from common import dall_e_from_checkpoint, dvae_from_checkpoint, load_checkpoint, reranker_from_checkpoint
+from data import load_train_and_validation, to_float
+from errors import run_main
+from generate_mnist import LESSON_PROMPTS, save_labelled_grid
+from sampling import generate_images
+from train_dvae import save_reconstructions
+from transformer import MASK_KINDS, attention_mask, layer_mask_kinds
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dvae_dir", default="output/dvae", help="train_dvae.py's output (default: %(default)s)")
+    parser.add_argument("--dall_e_dir", default="output/dall_e", help="train_mnist.py's output (default: %(default)s)")
+    parser.add_argument("--data_dir", default="data", help="MNIST, as the trainers read it (default: %(default)s)")
+    parser.add_argument("--docs_dir", default="docs", help="where the figures go (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def save(figure, path):
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    print(f"wrote {path}")
+
+
+def masks_figure(path, text_length=3, grid_size=4, kernel=3):
+    """The three masks of appendix B.1 (Fig. 11) on a small grid, from transformer.attention_mask itself."""
+    figure, axes = plt.subplots(2, 3, figsize=(10, 7))
+    for row, anchor in enumerate(("input", "predicted")):
+        for ax, kind in zip(axes[row], MASK_KINDS):
+            mask = attention_mask(kind, text_length, grid_size, kernel, anchor)
+            ax.imshow(mask, cmap="Blues", vmin=0, vmax=1.4)
+            ax.axhline(text_length - 0.5, color="k", lw=0.8)
+            ax.axvline(text_length - 0.5, color="k", lw=0.8)
+            ax.set_title(
+                f"{kind}, laid out on the {anchor} cell" + (" (paper)" if anchor == "input" else ""), fontsize=9
+            )
+            ax.set_xlabel("key position", fontsize=8)
+            ax.set_ylabel("query position", fontsize=8)
+            ax.tick_params(labelsize=6)
+    schedule = ", ".join(layer_mask_kinds(4))
+    figure.suptitle(
+        f"{text_length} text tokens + a {grid_size}x{grid_size} grid, conv kernel {kernel}; "
+        f"the default 4 layers use: {schedule}",
+        fontsize=10,
+    )
+    save(figure, path)
+
+
+def sequence_figure(path, text_length=2, shown_image=5):
+    """[t1 t2 | z1 .. z64]: which output position predicts which token, through which head."""
+    inputs = [f"t{i + 1}" for i in range(text_length)] + [f"z{i + 1}" for i in range(shown_image)] + ["...", "z63"]
+    targets = (
+        [f"t{i + 2}" for i in range(text_length - 1)] + [f"z{i + 1}" for i in range(shown_image + 1)] + ["...", "z64"]
+    )
+    figure, ax = plt.subplots(figsize=(11, 3))
+    for x, (token, target) in enumerate(zip(inputs, targets)):
+        is_text_head = x < text_length - 1
+        colour = "tab:orange" if is_text_head else "tab:blue"
+        ax.add_patch(Rectangle((x, 0), 0.8, 0.6, fc="#f2f2f2" if x >= text_length else "#ffe9cc", ec="k"))
+        ax.text(x + 0.4, 0.3, token, ha="center", va="center")
+        ax.add_patch(Rectangle((x, 2), 0.8, 0.6, fc="white", ec=colour, lw=2))
+        ax.text(x + 0.4, 2.3, target, ha="center", va="center")
+        if token != "...":
+            ax.add_patch(
+                FancyArrowPatch((x + 0.4, 0.65), (x + 0.4, 1.95), arrowstyle="->", mutation_scale=12, color=colour)
+            )
+    ax.text(-0.2, 0.3, "input", ha="right", va="center")
+    ax.text(-0.2, 2.3, "predicts", ha="right", va="center")
+    ax.text(text_length - 0.6, 1.3, "the last text position\npredicts z1 (image head)", fontsize=8, ha="center")
+    ax.plot([], [], color="tab:orange", label="text head (1/8 of the loss)")
+    ax.plot([], [], color="tab:blue", label="image head (7/8 of the loss)")
+    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 1.25), ncol=2, fontsize=8, frameon=False)
+    ax.set_xlim(-1.2, len(inputs))
+    ax.set_ylim(-0.2, 2.8)
+    ax.axis("off")
+    save(figure, path)
+
+
+def read_metrics(path):
+    """metrics.csv -> {metric: (steps, values)}; the last row wins where a resumed run repeated a step."""
+    series = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            series.setdefault(row["metric"], {})[int(row["step"])] = float(row["value"])
+    return {name: (list(values), list(values.values())) for name, values in series.items()}
+
+
+def training_curves_figure(path, dvae_csv, dall_e_csv):
+    """Losses, schedules and validation figures of both trainings, from their metrics.csv."""
+    dvae, dall_e = read_metrics(dvae_csv), read_metrics(dall_e_csv)
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    axes[0].plot(*dvae["mse"], lw=0.6, label="training batch")
+    axes[0].plot(*dvae["validation_mse"], "o-", label="validation")
+    axes[0].set(title="dVAE: reconstruction MSE", xlabel="step", yscale="log")
+    axes[1].plot(*dvae["tau"], label="Gumbel temperature tau")
+    axes[1].plot(*dvae["kl_weight"], label="KL weight beta")
+    axes[1].plot(dvae["lr"][0], [v / max(dvae["lr"][1]) for v in dvae["lr"][1]], label="learning rate (scaled)")
+    axes[1].set(title="dVAE: schedules", xlabel="step")
+    axes[2].plot(*dall_e["image"], lw=0.6, label="training batch")
+    steps, values = dall_e["validation_image_loss"]
+    axes[2].plot(steps, values, "o-", label="validation")
+    best = values.index(min(values))
+    axes[2].annotate(
+        "validation loss turns",
+        (steps[best], values[best]),
+        xytext=(0, -30),
+        textcoords="offset points",
+        arrowprops={"arrowstyle": "->"},
+        ha="center",
+        fontsize=8,
+    )
+    axes[2].set(title="transformer: image loss (nats/token)", xlabel="step")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    save(figure, path)
+
+
+@torch.no_grad()
+def codebook_figure(path, dvae, images, shown=16):
+    """How often each code is used on validation digits, and what the most used codes look like alone."""
+    codes = torch.cat([dvae.encode(to_float(x)) for x in images.split(500)])  # (M, G, G)
+    counts = torch.bincount(codes.flatten(), minlength=dvae.config.codebook_size).float()
+    order = counts.argsort(descending=True)
+    background = int(order[0])  # the blank-paper code
+    figure = plt.figure(figsize=(12, 4.5))
+    ax = figure.add_subplot(2, 1, 1)
+    ax.bar(range(len(counts)), (counts[order] / counts.sum()).numpy())
+    ax.set(
+        yscale="log",
+        xlabel="codes, most used first",
+        ylabel="share of grid cells",
+        title=f"codebook usage on {len(images)} validation digits: {int((counts > 0).sum())} of {len(counts)} used",
+    )
+    g = dvae.config.grid_size
+    for i, code in enumerate(order[1 : shown + 1].tolist()):
+        grid = torch.full((1, g, g), background)
+        grid[0, g // 2, g // 2] = code  # one code in the middle of blank paper
+        picture = dvae.decode(grid)[0].mean(0)[8:28, 8:28]  # (20, 20) around the code's 4x4-pixel cell
+        sub = figure.add_subplot(2, shown, shown + i + 1)
+        sub.imshow(picture, cmap="gray", vmin=0, vmax=1)
+        sub.set_title(f"code {code}", fontsize=7)
+        sub.axis("off")
+    save(figure, path)
+
+
+def samples_over_training_figure(path, grids):
+    """The trainer's sample-<step>.png grids side by side: digits emerging as training goes on."""
+    figure, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 2.2), squeeze=False)
+    for ax, (step, grid) in zip(axes[0], grids):
+        ax.imshow(mpimg.imread(grid), cmap="gray")
+        ax.set_title(f"step {step}", fontsize=9)
+        ax.axis("off")
+    save(figure, path)
+
+
+@torch.no_grad()
+def samples_figure(path, checkpoint_path):
+    """The lesson's 64 prompts, the first of 8 draws the reranker accepts (generate_mnist.py's defaults)."""
+    checkpoint = load_checkpoint(checkpoint_path, "dall_e")
+    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
+    reranker = reranker_from_checkpoint(checkpoint, checkpoint_path)
+    text = torch.tensor([tokenizer.encode(p) for p in LESSON_PROMPTS])
+    generator = torch.Generator().manual_seed(0)
+    images = generate_images(model, dvae, text, 1.3, None, generator, reranker=reranker, candidates=8)
+    save_labelled_grid(images, LESSON_PROMPTS, path)
+
+
+def skipped(name, needs, command):
+    print(f"skipped {name}: needs {needs} (run {command} first)")
+
+
+def main():
+    args = parse_args()
+    docs, dvae_dir, dall_e_dir = Path(args.docs_dir), Path(args.dvae_dir), Path(args.dall_e_dir)
+    docs.mkdir(parents=True, exist_ok=True)
+    masks_figure(docs / "masks.png")
+    sequence_figure(docs / "sequence.png")
+    if (dvae_dir / "metrics.csv").is_file() and (dall_e_dir / "metrics.csv").is_file():
+        training_curves_figure(docs / "training_curves.png", dvae_dir / "metrics.csv", dall_e_dir / "metrics.csv")
+    else:
+        skipped("training_curves.png", "metrics.csv from both trainers", "the two trainings")
+    if (dvae_dir / "latest.pt").is_file():
+        dvae = dvae_from_checkpoint(load_checkpoint(dvae_dir / "latest.pt", "dvae"))
+        c = dvae.config
+        _, (validation, _) = load_train_and_validation(args.data_dir, c.image_size, c.channels, log=lambda line: None)
+        codebook_figure(docs / "codebook.png", dvae, validation)
+        save_reconstructions(dvae, validation, docs / "dvae_reconstructions.png", "cpu")
+        print(f"wrote {docs / 'dvae_reconstructions.png'}")
+    else:
+        skipped("codebook.png and dvae_reconstructions.png", dvae_dir / "latest.pt", "python train_dvae.py")
+    grids = sorted((int(p.stem.split("-")[1]), p) for p in dall_e_dir.glob("sample-*.png"))
+    if grids and (dall_e_dir / "latest.pt").is_file():
+        samples_over_training_figure(docs / "samples_over_training.png", grids)
+        samples_figure(docs / "dall_e_samples.png", dall_e_dir / "latest.pt")
+    else:
+        skipped("samples_over_training.png and dall_e_samples.png", dall_e_dir, "python train_mnist.py")
+
+
+if __name__ == "__main__":
+    run_main(main)
