@@ -108,24 +108,30 @@ def nearest_training_distance(images, labels, train_images, train_labels):
 
 
 class Instrument:
-    """One judge and its references on the split: real features, the floor and the dVAE's FID."""
+    """One judge and its references on the split.
 
-    def __init__(self, judge, split, other_real, reconstructions, device):
+    Every FID compares a set as large as the samples (generated digits; other real digits, from
+    the training split; their dVAE reconstructions) with the same reference set: the first
+    `reference_size` digits of the split. FID is biased upwards at small set sizes, so figures
+    compare only at equal sizes (the validation split offline has 500 digits, the test split 10,000).
+    """
+
+    def __init__(self, judge, split, other_real, reconstructions, reference_size, device):
         self.judge, self.device = judge, device
         probabilities, self.real = classify(judge, split[0], device)
         self.accuracy = (probabilities.argmax(1) == split[1]).float().mean().item()
         self.unsure = unsure_share(probabilities)
-        m = min(len(self.real), len(other_real))
-        self.real = self.real[:m]
-        self.floor = frechet_distance(classify(judge, other_real[:m], device)[1], self.real)
-        self.reconstructions = frechet_distance(classify(judge, reconstructions[:m], device)[1], self.real)
+        self.real = self.real[:reference_size]
+        self.floor = frechet_distance(classify(judge, other_real, device)[1], self.real)
+        self.reconstructions = frechet_distance(classify(judge, reconstructions, device)[1], self.real)
+        self.compared = len(other_real)
 
-    def measure(self, images, digits, order):
+    def measure(self, images, digits):
         """Prompt accuracy (overall, per digit, per spelling), unsure share and FID of generated images."""
         probabilities, features = classify(self.judge, images, self.device)
         correct = probabilities.argmax(1) == digits
         n = len(images)
-        fid = frechet_distance(features[order[: len(self.real)]], self.real)
+        fid = frechet_distance(features, self.real)
         return {
             "prompt_accuracy": correct.float().mean().item(),
             "prompt_accuracy_per_digit": {str(d): correct[digits == d].float().mean().item() for d in range(10)},
@@ -143,7 +149,8 @@ class Instrument:
             "unsure_on_real": self.unsure,
             "fid_floor": self.floor,
             "fid_dvae_reconstructions": self.reconstructions,
-            "fid_set_size": len(self.real),
+            "fid_reference_size": len(self.real),
+            "fid_compared_size": self.compared,
         }
 
 
@@ -157,10 +164,9 @@ def load_data(args, size, channels):
 
 def measure_draws(images, digits, instruments, real_distances, train):
     """Both judges' figures and the near-copy share for one set of generated images."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))  # a mixed subset for FID
     threshold = real_distances.quantile(NEAR_COPY_PERCENTILE)
     distances = nearest_training_distance(images, digits, *train)
-    return {name: judge.measure(images, digits, order) for name, judge in instruments.items()} | {
+    return {name: judge.measure(images, digits) for name, judge in instruments.items()} | {
         "near_copies": (distances < threshold).float().mean().item(),
         "median_training_distance": distances.median().item(),
     }
@@ -173,12 +179,13 @@ def measure(args):
     check_sampling_args(args, dvae.config.codebook_size)
     model.to(device), dvae.to(device)
     train, split = load_data(args, dvae.config.image_size, dvae.config.channels)
-    split_images = split[0][: 20 * args.samples_per_digit]
-    other = train[0][torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(1))][: len(split_images)]
+    samples = 20 * args.samples_per_digit  # every digit in both spellings
+    split_images = split[0][:samples]
+    other = train[0][torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(1))][:samples]
     reconstructions = torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in other.split(1000)])
     instruments = {
         name: Instrument(
-            load_or_train_judge(args.judge_dir, name, *train, device), split, other, reconstructions, device
+            load_or_train_judge(args.judge_dir, name, *train, device), split, other, reconstructions, samples, device
         )
         for name in JUDGES
     }
@@ -250,7 +257,8 @@ def print_table(m, codebook_size):
         (
             "real digits",
             f"median distance to training {m['real_median_training_distance']:.2f}; "
-            f"FID sets of {m['judges']['A']['fid_set_size']}",
+            f"FID: sets of {m['judges']['A']['fid_compared_size']} against "
+            f"{m['judges']['A']['fid_reference_size']} real",
         ),
         ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['split_digits']:,} {m['split']} digits"),
         ("dVAE MSE", f"{m['dvae']['mse']:.5f}"),

@@ -221,6 +221,7 @@ def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_di
             assert 0 <= draws[judge]["prompt_accuracy"] <= 1 and len(draws[judge]["prompt_accuracy_per_digit"]) == 10
             assert draws[judge]["fid"] >= 0 and 0 <= draws[judge]["unsure"] <= 1
     for judge in metrics["judges"].values():
-        assert judge["fid_floor"] >= 0 and judge["fid_dvae_reconstructions"] >= 0 and judge["fid_set_size"] == 40
+        assert judge["fid_floor"] >= 0 and judge["fid_dvae_reconstructions"] >= 0 and judge["fid_compared_size"] == 40
+        assert judge["fid_reference_size"] == 40
     assert metrics["dvae"]["codes_used"] >= 1 and metrics["bits_per_image_token"] > 0
     assert 0 <= metrics["reranker_accuracy"] <= 1
