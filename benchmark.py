@@ -21,6 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
+from captions import DATASETS
 from common import pick_device, print_rows
 from config import load_config
 from dall_e import DallE
@@ -108,10 +109,10 @@ def measure(args):
     figures["dvae_train_images_per_s"] = b / train_speed(dvae, lambda: (images, 0.5, 1.0), device, args.steps)
     bar.update()
 
-    tokenizer = Tokenizer(config.dall_e.text_length)
+    tokenizer = Tokenizer(DATASETS["mnist"].words(), config.dall_e.text_length)
     model = DallE(config.dall_e, config.dvae, tokenizer.vocab_size).to(device)
     b, n = config.train_dall_e.batch_size, config.dvae.grid_size**2
-    text = torch.randint(0, 20, (b, config.dall_e.text_length), device=device)
+    text = torch.randint(0, len(tokenizer.words), (b, config.dall_e.text_length), device=device)
     codes = torch.randint(0, config.dvae.codebook_size, (b, n), device=device)
     seconds = train_speed(model, lambda: (text, codes), device, args.steps)
     tokens = b * (config.dall_e.text_length + n - 1)
@@ -122,7 +123,7 @@ def measure(args):
 
     model.eval(), dvae.eval()
     for batch in (1, args.large_batch):
-        prompts = torch.randint(0, 20, (batch, config.dall_e.text_length), device=device)
+        prompts = torch.randint(0, len(tokenizer.words), (batch, config.dall_e.text_length), device=device)
         for use_cache in (True, False):
             repeats = 3 if batch == 1 else 1
             seconds = timed(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from captions import DATASETS, get_dataset
 from config import Config, DallEConfig, DVAEConfig, from_dict, load_config
 from dall_e import DallE
 from dvae import DiscreteVAE
@@ -29,11 +30,20 @@ KIND_NAMES = {
 }
 
 
-def add_common_flags(parser, output_dir):
+def add_dataset_flag(parser):
     parser.add_argument(
-        "--config_path", help="an experiment YAML holding only what it changes (default: none, config.py's recipe)"
+        "--dataset", help=f"{', '.join(DATASETS)} (default: the checkpoint's where there is one, else mnist)"
     )
-    parser.add_argument("--data_dir", default="data", help="where MNIST is read or downloaded (default: %(default)s)")
+
+
+def add_common_flags(parser, output_dir):
+    add_dataset_flag(parser)
+    parser.add_argument(
+        "--config_path",
+        help="an experiment YAML holding only what it changes (default: configs/DATASET.yaml where there is one, "
+        "else none: config.py's recipe)",
+    )
+    parser.add_argument("--data_dir", default="data", help="where images are read or downloaded (default: %(default)s)")
     parser.add_argument("--output_dir", default=output_dir, help="where outputs are written (default: %(default)s)")
     parser.add_argument(
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)"
@@ -100,16 +110,48 @@ def check_sampling_args(args, codebook_size):
         raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {args.top_k}")
 
 
-def experiment_config(args, section, stored=None):
-    """The config for a run: the YAML (or a resumed checkpoint's config), then flags."""
+def choose_dataset(name, stored=None, source=None):
+    """The dataset named by --dataset, or stored in a checkpoint; the two must agree."""
+    if name is None:
+        return get_dataset(stored or "mnist")
+    dataset = get_dataset(name)
+    if stored is not None and stored != dataset.name:
+        raise UserError(f"{source} was trained on {stored}, but --dataset is {dataset.name}; leave --dataset out")
+    return dataset
+
+
+def dataset_config_path(dataset):
+    path = Path(__file__).resolve().parent / "configs" / f"{dataset.name}.yaml"
+    return path if path.is_file() else None
+
+
+def experiment_config(args, section, dataset, stored=None):
+    """The config for a run: the YAML (or a resumed checkpoint's config), then flags; checked against the dataset."""
     overrides = list(args.set)
     for flag in ("num_training_steps", "batch_size"):
         if getattr(args, flag, None) is not None:
             overrides.append(f"{section}.{flag}={getattr(args, flag)}")
     if stored is None:
-        return load_config(args.config_path, overrides)
-    config = config_from_dict(stored)
-    return load_config(None, overrides, base=config)
+        config = load_config(args.config_path or dataset_config_path(dataset), overrides)
+    else:
+        config = load_config(None, overrides, base=config_from_dict(stored))
+    check_config_fits(config, dataset)
+    return config
+
+
+def check_config_fits(config, dataset):
+    """The dataset's images and captions must fit the model the config describes."""
+    if config.dvae.channels != dataset.channels:
+        raise UserError(
+            f"{dataset.name} images have {dataset.channels} channel(s) but dvae.channels is {config.dvae.channels}; "
+            f"use configs/{dataset.name}.yaml or --set dvae.channels={dataset.channels}"
+        )
+    if config.dall_e.text_length < dataset.text_length():
+        raise UserError(
+            f"{dataset.name} captions have up to {dataset.text_length()} words but dall_e.text_length is "
+            f"{config.dall_e.text_length}; use configs/{dataset.name}.yaml or --set dall_e.text_length="
+            f"{dataset.text_length()}"
+        )
 
 
 def config_from_dict(values):
@@ -189,19 +231,21 @@ def dall_e_config_of(checkpoint):
     return from_dict(DallEConfig, checkpoint["config"]["dall_e"])
 
 
+def dataset_of(checkpoint):
+    """The dataset a checkpoint was trained on (checkpoints from before datasets existed: MNIST)."""
+    return get_dataset(checkpoint.get("dataset", "mnist"))
+
+
 def dall_e_from_checkpoint(checkpoint):
     """(model, dvae, tokenizer) rebuilt from a DALL-E checkpoint alone, ready for sampling."""
     config = dall_e_config_of(checkpoint)
-    tokenizer = Tokenizer(config.text_length)
+    words = [w for w in checkpoint["vocabulary"] if not w.startswith("<pad")]
+    tokenizer = Tokenizer(words, config.text_length)
     if tokenizer.vocabulary != checkpoint["vocabulary"]:
-        raise UserError(
-            "the checkpoint's vocabulary differs from this code's tokenizer; it was made by another version"
-        )
+        raise UserError("the checkpoint's vocabulary is not one this code's tokenizer makes; another version made it")
     dvae = dvae_from_checkpoint(checkpoint)
     model = DallE(config, dvae.config, tokenizer.vocab_size)
-    model.load_state_dict(
-        checkpoint.get("ema_model", checkpoint["model"])
-    )  # the moving average, where trained with one
+    model.load_state_dict(checkpoint.get("ema_model", checkpoint["model"]))  # the moving average, where kept
     return model.eval(), dvae, tokenizer
 
 

@@ -31,7 +31,7 @@ class DVAEConfig:
     """The discrete VAE (paper section 2.1, appendix A)."""
 
     image_size: int = 32  # MNIST's 28x28 digits are zero-padded to 32x32 (see data.py)
-    channels: int = 1  # 1 for MNIST; 3 repeats the grey channel to exercise RGB code paths
+    channels: int = 1  # 1 for grey data, 3 for colour (the dataset's config file sets it)
     grid_size: int = 8  # tokens per side: image_size / 2**k, one downsampling group per halving
     codebook_size: int = 128  # K, the number of distinct image tokens (paper: 8,192; README says why)
     codebook_dim: int = 64  # width of each codebook vector fed to the decoder
@@ -61,7 +61,7 @@ class DVAETrainConfig:
 class DallEConfig:
     """The transformer over [text tokens | image tokens] (paper section 2.2, appendix B)."""
 
-    text_length: int = 2  # text positions; every MNIST prompt is one word (paper: 256 BPE tokens)
+    text_length: int = 3  # text positions: MNIST's longest caption, "the digit seven" (paper: 256 BPE tokens)
     n_layer: int = 4  # paper: 64
     n_head: int = 4  # paper: 62
     n_embd: int = 128  # paper: 3,968 (62 heads of 64)
@@ -214,7 +214,7 @@ def validate(config: Config):
         _require(0 <= getattr(t, name) <= 1, f"train_dvae.{name} must be in [0, 1], got {getattr(t, name)}")
     _require(t.kl_weight >= 0, f"train_dvae.kl_weight must be >= 0, got {t.kl_weight}")
     m = config.dall_e
-    _require(m.text_length >= 1, f"dall_e.text_length must be >= 1 (prompts are one word), got {m.text_length}")
+    _require(m.text_length >= 1, f"dall_e.text_length must be >= 1, got {m.text_length}")
     _require(m.n_layer >= 1 and m.n_head >= 1, f"dall_e.n_layer and n_head must be >= 1, got {m.n_layer}, {m.n_head}")
     _require(m.n_embd % m.n_head == 0, f"dall_e.n_embd={m.n_embd} must be divisible by dall_e.n_head={m.n_head}")
     _require(0 <= m.dropout < 1, f"dall_e.dropout must be in [0, 1), got {m.dropout}")

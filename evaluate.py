@@ -1,23 +1,26 @@
-"""Measure a trained DALL-E: does it draw the digit it is asked for, how real does it look, and is
-it copying its training digits?
+"""Measure a trained DALL-E: does it draw what it is asked for, how real does it look, does it
+copy its training images, and can it draw combinations it never saw?
 
-    python evaluate.py                                             # validation split: choose settings here
-    python evaluate.py --split test --test_data_dir ../shared/mnist/raw    # report once, at the end
+    python evaluate.py                                                    # validation split: choose here
+    python evaluate.py --split test --test_data_dir ../shared/mnist/raw   # report once, at the end
 
-Prints a table and writes OUTPUT_DIR/metrics.json (default output/eval). --samples_per_digit
-images per digit and spelling are drawn once plainly and once reranked (--candidates), and each
-set is measured by two independent judges (judge.py):
-  prompt accuracy   share of generated digits the judge reads as the prompted digit;
-  unsure            share the judge is unsure of (top class below 0.9), beside real digits' share;
-  judge FID         Frechet distance to the split's real digits in the judge's features, beside
-                    two references: the real-vs-real floor (other real digits, from the training
-                    split) and the dVAE reconstructions of those digits (the best a transformer
-                    could reach with this dVAE);
-  near-copies       share of samples closer (pixel distance) to their nearest training digit of
-                    the same class than 99% of real digits of the split are: memorisation.
-Also: bits per image token on the split's real digits, the dVAE's reconstruction figures, the
-reranker's accuracy on real digits and the sampling speed. The first run trains and caches the
-two judges (a few minutes on a laptop CPU).
+Prints a table and writes OUTPUT_DIR/metrics.json (default output/eval). About --samples images
+are drawn, the same number for every concept of the checkpoint's dataset (captions.py), cycling
+through its phrasings; once plainly and once reranked (--candidates). Each set is measured by two
+independent judges (judge.py), which read images in grey (the brightest channel):
+  prompt accuracy   share of images whose class the judge reads as the prompted one;
+  colour, both      (coloured data) share whose stroke colour, the palette colour nearest the mean
+                    of the bright pixels, is the prompted one; and share right in class and colour,
+                    for seen and for held-out (zero-shot) pairs separately;
+  unsure            share the judge is unsure of (top class below 0.9), beside real images' share;
+  judge FID         Frechet distance to the split's real images in the judge's features, beside two
+                    references: the real-vs-real floor (other real images, from the training split)
+                    and the dVAE reconstructions of those images (what this dVAE allows);
+  near-copies       share of samples closer (pixel distance) to their nearest training image of the
+                    same class than 99% of the split's real images are: memorisation.
+Also: bits per image token on the split's real images, the dVAE's reconstruction figures, the
+reranker's retrieval accuracy and the sampling speed. The first run for a dataset trains and
+caches its two judges (about 4 minutes on a laptop CPU).
 """
 
 import argparse
@@ -28,10 +31,12 @@ from pathlib import Path
 
 import torch
 
+from captions import PALETTE, as_seen, caption_table, colourise, concept_index, held_out_mask, sample_prompts
 from common import (
     add_sampling_flags,
     check_sampling_args,
     dall_e_from_checkpoint,
+    dataset_of,
     encode_prompts,
     load_checkpoint,
     pick_device,
@@ -39,12 +44,11 @@ from common import (
     reranker_from_checkpoint,
 )
 from dall_e import heldout_losses
-from data import load_mnist, load_train_and_validation, to_float
+from data import load_images, load_train_and_validation, to_float
 from dvae import reconstruction_metrics
 from errors import UserError, run_main
 from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
 from sampling import generate_images
-from tokenizer import DIGITS, WORDS
 
 JUDGE_MIN_ACCURACY = 0.98
 NEAR_COPY_PERCENTILE = 0.01
@@ -57,63 +61,64 @@ def parse_args(argv=None):
         "--split",
         choices=("validation", "test"),
         default="validation",
-        help="validation (carved from the training digits) to choose settings, test to report (default: %(default)s)",
+        help="validation (carved from the training images) to choose settings, test to report (default: %(default)s)",
     )
-    parser.add_argument("--data_dir", default="data", help="training digits (default: %(default)s)")
-    parser.add_argument("--test_data_dir", help="folder with MNIST's t10k-*-ubyte(.gz) files (default: --data_dir)")
-    parser.add_argument(
-        "--samples_per_digit", type=int, default=100, help="per digit and spelling (default: %(default)s)"
-    )
+    parser.add_argument("--data_dir", default="data", help="training images (default: %(default)s)")
+    parser.add_argument("--test_data_dir", help="folder with the t10k-*-ubyte(.gz) files (default: --data_dir)")
+    parser.add_argument("--samples", type=int, default=2000, help="images drawn per set (default: %(default)s)")
     add_sampling_flags(parser, batch_size=1000)
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
     parser.add_argument(
-        "--judge_dir", default="output/judge", help="where the judges are cached (default: %(default)s)"
+        "--judge_dir", default="output/judge", help="where the judges are cached, per dataset (default: %(default)s)"
     )
     parser.add_argument("--device", default="auto", help="default: %(default)s")
     return parser.parse_args(argv)
 
 
-def generate_for_every_digit(model, dvae, tokenizer, args, device, reranker=None, candidates=1):
-    """Images for every digit in both spellings: (N, C, S, S), their digits (N,), seconds spent."""
-    prompts = [p for p in DIGITS + WORDS for _ in range(args.samples_per_digit)]
-    digits = torch.arange(10).repeat_interleave(args.samples_per_digit).repeat(2)
-    text = encode_prompts(tokenizer, prompts).to(device)
+def generate(model, dvae, text, args, device, reranker=None, candidates=1):
+    """Images (N, C, S, S) for prompts text (N, T), and the seconds spent."""
     generator = torch.Generator(device).manual_seed(args.seed)
     start = time.perf_counter()
     images = []
     for t in text.split(max(1, args.batch_size // candidates)):
         drawn = generate_images(
-            model,
-            dvae,
-            t,
-            args.temperature,
-            args.top_k,
-            generator,
-            reranker=reranker,
-            candidates=candidates,
-            keep=args.keep,
-        )
+            model, dvae, t.to(device), args.temperature, args.top_k, generator,
+            reranker=reranker, candidates=candidates, keep=args.keep,
+        )  # fmt: skip
         images.append(drawn.cpu())
-    return torch.cat(images), digits, time.perf_counter() - start
+    return torch.cat(images), time.perf_counter() - start
+
+
+def grey(images):
+    """(N, C, S, S) in [0, 1] -> (N, 1, S, S): the brightest channel, a coloured stroke's intensity."""
+    return images.float().amax(dim=1, keepdim=True)
+
+
+def stroke_colour(images, dataset):
+    """(N, 3, S, S) in [0, 1] -> (N,) index of the palette colour nearest the mean of the bright pixels."""
+    bright = (grey(images) > 0.5).float()  # (N, 1, S, S)
+    mean = (images * bright).sum(dim=(2, 3)) / bright.sum(dim=(2, 3)).clamp(min=1)  # (N, 3)
+    palette = torch.tensor([PALETTE[c] for c in dataset.colours], dtype=torch.float32) / 255
+    return torch.cdist(mean, palette).argmin(dim=1)
 
 
 def nearest_training_distance(images, labels, train_images, train_labels):
-    """(N,) pixel (L2) distance from each image in [0, 1] to the nearest training digit of its class."""
-    distances = torch.full((len(images),), float("inf"))  # inf where the class has no training digit
-    for d in range(10):
+    """(N,) pixel (L2) distance from each grey image in [0, 1] to the nearest training image of its class."""
+    distances = torch.full((len(images),), float("inf"))  # inf where the class has no training image
+    for d in range(int(train_labels.max()) + 1):
         mine, theirs = labels == d, to_float(train_images[train_labels == d]).flatten(1)
         if mine.any() and len(theirs):
-            distances[mine] = torch.cdist(images[mine].float().flatten(1), theirs).min(dim=1).values
+            distances[mine] = torch.cdist(grey(images[mine]).flatten(1), theirs).min(dim=1).values
     return distances
 
 
 class Instrument:
     """One judge and its references on the split.
 
-    Every FID compares a set as large as the samples (generated digits; other real digits, from
+    Every FID compares a set as large as the samples (generated images; other real images, from
     the training split; their dVAE reconstructions) with the same reference set: the first
-    `reference_size` digits of the split. FID is biased upwards at small set sizes, so figures
-    compare only at equal sizes (the validation split offline has 500 digits, the test split 10,000).
+    `reference_size` images of the split. FID is biased upwards at small set sizes, so figures
+    compare only at equal sizes (offline, the validation split has 500 images, the test split 10,000).
     """
 
     def __init__(self, judge, split, other_real, reconstructions, reference_size, device):
@@ -126,22 +131,22 @@ class Instrument:
         self.reconstructions = frechet_distance(classify(judge, reconstructions, device)[1], self.real)
         self.compared = len(other_real)
 
-    def measure(self, images, digits):
-        """Prompt accuracy (overall, per digit, per spelling), unsure share and FID of generated images."""
+    def measure(self, images, labels):
+        """Prompt accuracy (overall and per class), unsure share and FID of generated images; the class read."""
         probabilities, features = classify(self.judge, images, self.device)
-        correct = probabilities.argmax(1) == digits
-        n = len(images)
+        read = probabilities.argmax(1)
         fid = frechet_distance(features, self.real)
-        return {
-            "prompt_accuracy": correct.float().mean().item(),
-            "prompt_accuracy_per_digit": {str(d): correct[digits == d].float().mean().item() for d in range(10)},
-            "prompt_accuracy_digits": correct[: n // 2].float().mean().item(),
-            "prompt_accuracy_words": correct[n // 2 :].float().mean().item(),
+        figures = {
+            "prompt_accuracy": (read == labels).float().mean().item(),
+            "prompt_accuracy_per_class": {
+                str(d): (read == labels)[labels == d].float().mean().item() for d in range(10)
+            },
             "unsure": unsure_share(probabilities),
             "fid": fid,
             "fid_over_floor": fid / self.floor,
             "fid_over_dvae": fid / self.reconstructions,
         }
+        return figures, read
 
     def references(self):
         return {
@@ -154,98 +159,142 @@ class Instrument:
         }
 
 
-def load_data(args, size, channels):
-    """(training digits, the split's digits), each (images, labels)."""
-    training, validation = load_train_and_validation(args.data_dir, size, channels)
-    if args.split == "validation":
-        return training, validation
-    return training, load_mnist(args.test_data_dir or args.data_dir, False, size, channels)
+def zero_shot(right_class, right_colour, held_out):
+    """Class, colour and joint accuracy for seen and held-out pairs, and held-out joint over seen joint."""
+    both = right_class & right_colour
+    measures = {"class": right_class, "colour": right_colour, "both": both}
+    groups = {"seen": ~held_out, "held_out": held_out}
+    figures = {name: {k: v[mask].float().mean().item() for k, v in measures.items()} for name, mask in groups.items()}
+    figures["held_out_over_seen"] = figures["held_out"]["both"] / max(figures["seen"]["both"], 1e-9)
+    return figures
 
 
-def measure_draws(images, digits, instruments, real_distances, train):
-    """Both judges' figures and the near-copy share for one set of generated images."""
+def measure_draws(images, prompted, dataset, instruments, real_distances, train):
+    """Both judges' figures, zero-shot figures (coloured data) and the near-copy share for one set of images."""
+    labels, colours = prompted
+    figures, reads = {}, {}
+    for name, judge in instruments.items():
+        figures[name], reads[name] = judge.measure(images, labels)
+    if dataset.channels == 3:
+        held_out = held_out_mask(dataset)[concept_index(dataset, labels, colours)]
+        right_colour = stroke_colour(images, dataset) == colours
+        figures["zero_shot"] = {j: zero_shot(reads[j] == labels, right_colour, held_out) for j in instruments}
     threshold = real_distances.quantile(NEAR_COPY_PERCENTILE)
-    distances = nearest_training_distance(images, digits, *train)
-    return {name: judge.measure(images, digits) for name, judge in instruments.items()} | {
+    distances = nearest_training_distance(images, labels, *train)
+    return figures | {
         "near_copies": (distances < threshold).float().mean().item(),
         "median_training_distance": distances.median().item(),
     }
+
+
+def load_data(args, dataset, size):
+    """(training images, the split's images), each (grey images, labels)."""
+    training, validation = load_train_and_validation(dataset.source, args.data_dir, size)
+    if args.split == "validation":
+        return training, validation
+    return training, load_images(dataset.source, args.test_data_dir or args.data_dir, False, size)
+
+
+@torch.no_grad()
+def reranker_retrieval(reranker, split_images, split_labels, dataset, device):
+    """Share of real images (shown in every colour, for coloured data) whose concept the reranker reads
+    right, over seen and over held-out concepts."""
+    held_out, right = held_out_mask(dataset), []
+    concepts = []
+    for c in range(len(dataset.colours)):
+        shown = colourise(split_images, torch.full((len(split_images),), c), dataset)
+        probabilities = torch.cat(
+            [reranker.concept_probabilities(to_float(x).to(device)).cpu() for x in shown.split(1000)]
+        )
+        concept = concept_index(dataset, split_labels, torch.full_like(split_labels, c))
+        right.append(probabilities.argmax(1) == concept)
+        concepts.append(concept)
+    right, concepts = torch.cat(right), torch.cat(concepts)
+    figures = {"seen": right[~held_out[concepts]].float().mean().item()}
+    if held_out.any():
+        figures["held_out"] = right[held_out[concepts]].float().mean().item()
+    return figures
 
 
 def measure(args):
     device = pick_device(args.device)
     checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
+    dataset = dataset_of(checkpoint)
     check_sampling_args(args, dvae.config.codebook_size)
     model.to(device), dvae.to(device)
-    train, split = load_data(args, dvae.config.image_size, dvae.config.channels)
-    samples = 20 * args.samples_per_digit  # every digit in both spellings
-    split_images = split[0][:samples]
-    other = train[0][torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(1))][:samples]
-    reconstructions = torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in other.split(1000)])
+    train, split = load_data(args, dataset, dvae.config.image_size)
+    per_concept = max(1, args.samples // len(dataset.concepts))
+    prompts, concepts = sample_prompts(dataset, per_concept, args.seed)
+    samples = len(prompts)
+    prompted = (concepts // len(dataset.colours), concepts % len(dataset.colours))  # (labels, colours)
+    pick = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(1))[:samples]
+    other = train[0][pick]  # other real images, for the floor and the dVAE's reference
+    shown, _ = as_seen(dataset, other, train[1][pick], torch.Generator().manual_seed(2))
+    reconstructions = torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in shown.split(1000)])
+    judge_dir = Path(args.judge_dir) / dataset.source
     instruments = {
         name: Instrument(
-            load_or_train_judge(args.judge_dir, name, *train, device), split, other, reconstructions, samples, device
+            load_or_train_judge(judge_dir, name, *train, device), split, other, reconstructions, samples, device
         )
         for name in JUDGES
     }
-    real_distances = nearest_training_distance(to_float(split_images), split[1][: len(split_images)], *train)
+    real_distances = nearest_training_distance(to_float(split[0][:samples]), split[1][:samples], *train)
 
-    images, digits, seconds = generate_for_every_digit(model, dvae, tokenizer, args, device)
-    draws, reranker_accuracy = {"1": measure_draws(images, digits, instruments, real_distances, train)}, None
+    text = encode_prompts(tokenizer, prompts)
+    images, seconds = generate(model, dvae, text, args, device)
+    draws = {"1": measure_draws(images, prompted, dataset, instruments, real_distances, train)}
+    reranker_accuracy = None
     if args.candidates > 1:
         reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint).to(device)
-        kept, _, _ = generate_for_every_digit(model, dvae, tokenizer, args, device, reranker, args.candidates)
-        draws[str(args.candidates)] = measure_draws(kept, digits, instruments, real_distances, train)
-        with torch.no_grad():
-            read = torch.cat(
-                [reranker.digit_probabilities(to_float(x).to(device)).argmax(1).cpu() for x in split[0].split(1000)]
-            )
-        reranker_accuracy = (read == split[1]).float().mean().item()
+        kept, _ = generate(model, dvae, text, args, device, reranker, args.candidates)
+        draws[str(args.candidates)] = measure_draws(kept, prompted, dataset, instruments, real_distances, train)
+        reranker_accuracy = reranker_retrieval(reranker, split[0][:samples], split[1][:samples], dataset, device)
 
-    spelling = torch.arange(len(split[1])) % 2
-    text = encode_prompts(tokenizer, DIGITS + WORDS)[split[1] + 10 * spelling].to(device)
-    codes = torch.cat([dvae.encode(to_float(x).to(device)).flatten(1) for x in split[0].split(1000)])
+    seen_split, colours = as_seen(dataset, split[0], split[1], torch.Generator().manual_seed(0))
+    captions = caption_table(dataset, tokenizer)
+    split_text = captions[concept_index(dataset, split[1], colours), 0].to(device)
+    codes = torch.cat([dvae.encode(to_float(x).to(device)).flatten(1) for x in seen_split.split(1000)])
     return {
+        "dataset": dataset.name,
         "split": args.split,
         "draws": draws,
         "judges": {name: instrument.references() for name, instrument in instruments.items()},
         "real_median_training_distance": real_distances.median().item(),
-        "bits_per_image_token": heldout_losses(model, text, codes)["image_loss"] / math.log(2),
-        "dvae": reconstruction_metrics(dvae, split[0], device),
+        "bits_per_image_token": heldout_losses(model, split_text, codes)["image_loss"] / math.log(2),
+        "dvae": reconstruction_metrics(dvae, seen_split, device),
         "reranker_accuracy": reranker_accuracy,
-        "samples": len(images),
-        "sampling_images_per_second": len(images) / seconds,
-        "split_digits": len(split[0]),
+        "samples": samples,
+        "sampling_images_per_second": samples / seconds,
+        "split_images": len(split[0]),
     }
 
 
 def draw_rows(label, d, judges):
     rows = [(f"prompt accuracy, {label}", " ".join(f"judge {j} {d[j]['prompt_accuracy']:.1%}" for j in JUDGES))]
-    rows.append(
-        ("  per digit (judge A)", " ".join(f"{k}:{a:.0%}" for k, a in d["A"]["prompt_accuracy_per_digit"].items()))
-    )
+    per_class = d["A"]["prompt_accuracy_per_class"].items()
+    rows.append(("  per class (judge A)", " ".join(f"{k}:{a:.0%}" for k, a in per_class)))
+    for name, z in d.get("zero_shot", {}).items():
+        rows.append(
+            (
+                f"  zero-shot (judge {name})",
+                " ".join(f"{g} class {z[g]['class']:.1%} colour {z[g]['colour']:.1%} both {z[g]['both']:.1%};"
+                         for g in ("seen", "held_out")) + f" held-out/seen {z['held_out_over_seen']:.2f}",
+            )
+        )  # fmt: skip
     for j in JUDGES:
         r = judges[j]
         rows.append(
             (
                 f"judge {j} FID, {label}",
-                f"{d[j]['fid']:.2f} = {d[j]['fid_over_floor']:.2f}x floor {r['fid_floor']:.2f}, "
-                f"{d[j]['fid_over_dvae']:.2f}x dVAE recon. {r['fid_dvae_reconstructions']:.2f}",
+                f"{d[j]['fid']:.3g} = {d[j]['fid_over_floor']:.2f}x floor {r['fid_floor']:.3g}, "
+                f"{d[j]['fid_over_dvae']:.2f}x dVAE recon. {r['fid_dvae_reconstructions']:.3g}",
             )
         )
-    rows.append(
-        (
-            f"unsure, {label}",
-            " ".join(f"judge {j} {d[j]['unsure']:.1%} (real {judges[j]['unsure_on_real']:.1%})" for j in JUDGES),
-        )
-    )
-    rows.append(
-        (
-            f"near-copies, {label}",
-            f"{d['near_copies']:.1%} (median distance to training {d['median_training_distance']:.2f})",
-        )
-    )
+    unsure = " ".join(f"judge {j} {d[j]['unsure']:.1%} (real {judges[j]['unsure_on_real']:.1%})" for j in JUDGES)
+    rows.append((f"unsure, {label}", unsure))
+    copies = f"{d['near_copies']:.1%} (median distance to training {d['median_training_distance']:.2f})"
+    rows.append((f"near-copies, {label}", copies))
     return rows
 
 
@@ -253,36 +302,30 @@ def print_table(m, codebook_size):
     rows = []
     for candidates, d in m["draws"].items():
         rows += draw_rows("one draw" if candidates == "1" else f"{m['keep']} of {candidates}", d, m["judges"])
+    a = m["judges"]["A"]
     rows += [
         (
-            "real digits",
+            "real images",
             f"median distance to training {m['real_median_training_distance']:.2f}; "
-            f"FID: sets of {m['judges']['A']['fid_compared_size']} against "
-            f"{m['judges']['A']['fid_reference_size']} real",
+            f"FID: sets of {a['fid_compared_size']} against {a['fid_reference_size']} real",
         ),
-        ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['split_digits']:,} {m['split']} digits"),
+        ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['split_images']:,} {m['split']} images"),
         ("dVAE MSE", f"{m['dvae']['mse']:.5f}"),
         ("dVAE codes used", f"{m['dvae']['codes_used']}/{codebook_size}, perplexity {m['dvae']['perplexity']:.1f}"),
-        (
-            "judge accuracy",
-            " ".join(f"{j} {m['judges'][j]['accuracy_on_real']:.2%}" for j in JUDGES) + " on real digits",
-        ),
+        ("judge accuracy", " ".join(f"{j} {m['judges'][j]['accuracy_on_real']:.2%}" for j in JUDGES) + " on real"),
     ]
     if m["reranker_accuracy"] is not None:
-        rows.append(("reranker accuracy", f"{m['reranker_accuracy']:.2%} on real digits"))
-    rows.append(
-        (
-            "sampling speed",
-            f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m['batch_size']})",
-        )
-    )
+        retrieval = " ".join(f"{group} {share:.2%}" for group, share in m["reranker_accuracy"].items())
+        rows.append(("reranker retrieval", f"{retrieval} of real images"))
+    speed = f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m['batch_size']})"
+    rows.append(("sampling speed", speed))
     print_rows(rows)
 
 
 def main():
     args = parse_args()
-    if args.samples_per_digit < 1:
-        raise UserError(f"--samples_per_digit must be >= 1, got {args.samples_per_digit}")
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {args.samples}")
     settings = {
         "keep": args.keep,
         "batch_size": args.batch_size,
@@ -295,12 +338,12 @@ def main():
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     codebook_size = load_checkpoint(args.dall_e_checkpoint, "dall_e")["dvae"]["dvae_config"]["codebook_size"]
-    print(f"{args.split} split")
+    print(f"{metrics['dataset']}, {args.split} split")
     print_table(metrics, codebook_size)
     for name, judge in metrics["judges"].items():
         if judge["accuracy_on_real"] < JUDGE_MIN_ACCURACY:
             print(
-                f"warning: judge {name} reads only {judge['accuracy_on_real']:.1%} of real digits right; "
+                f"warning: judge {name} reads only {judge['accuracy_on_real']:.1%} of real images right; "
                 f"its verdicts mean little below {JUDGE_MIN_ACCURACY:.0%}"
             )
     print(f"wrote {output_dir / 'metrics.json'}")

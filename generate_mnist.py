@@ -3,6 +3,9 @@
     python generate_mnist.py --prompt seven --prompt "3"
     python generate_mnist.py --prompts_file prompts.txt --samples_per_prompt 4 --seed 0
     python generate_mnist.py                      # the lesson's 8x8 grid of 64 prompts
+    python generate_mnist.py --dall_e_checkpoint output/dall_e_colour/latest.pt --prompt "a blue seven"
+
+The checkpoint says which dataset it was trained on; prompts use that dataset's words.
 
 Writes to --output_dir (default output/dall_e_samples): sample.png (every image labelled with
 its prompt) and samples.npz with `images` (float32, N x C x H x W, in [0, 1]) and `prompts`
@@ -23,6 +26,7 @@ from common import (
     check_dvae_matches,
     check_sampling_args,
     dall_e_from_checkpoint,
+    dataset_of,
     dvae_from_checkpoint,
     encode_prompts,
     load_checkpoint,
@@ -60,14 +64,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def read_prompts(args):
+def default_prompts(dataset):
+    """MNIST: the lesson's 64 prompts; other datasets: one caption per concept, held-out pairs included."""
+    if dataset.name == "mnist":
+        return LESSON_PROMPTS
+    return [dataset.canonical(concept) for concept in dataset.concepts]
+
+
+def read_prompts(args, dataset):
     prompts = list(args.prompt)
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise UserError(f"prompts file not found: {path}")
         prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return prompts or LESSON_PROMPTS
+    return prompts or default_prompts(dataset)
 
 
 @torch.no_grad()
@@ -119,7 +130,7 @@ def main():
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples_per_prompt must be >= 1, got {args.samples_per_prompt}")
     check_sampling_args(args, dvae.config.codebook_size)
-    prompts = [p for p in read_prompts(args) for _ in range(args.samples_per_prompt)]
+    prompts = [p for p in read_prompts(args, dataset_of(checkpoint)) for _ in range(args.samples_per_prompt)]
     text = encode_prompts(tokenizer, prompts)  # (N, T); unknown words fail here, before any work
     model.to(device), dvae.to(device)
     images = sample(model, dvae, text, args, device, reranker and reranker.to(device))

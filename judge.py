@@ -12,8 +12,9 @@ two that differ wherever they can:
               no dense layer (128-d features); trained with random rotations, scalings and
               shifts (data.random_affine), seed 1, on a different draw of batches.
 
-Both are trained on the training digits the transformer learned from (the validation and test
-splits are what they judge), checked on held-out real digits, and cached.
+Both are trained on the training images the transformer learned from, of the dataset at hand
+(the validation and test splits are what they judge), checked on held-out real images, and
+cached. They read colour images in grey: the brightest channel, a coloured stroke's intensity.
 """
 
 from pathlib import Path
@@ -55,7 +56,7 @@ class Judge(nn.Module):
         self.head = nn.Linear(FEATURES, 10)
 
     def features(self, x):
-        return self.body(x.mean(dim=1, keepdim=True))  # (B, 128); colour images judged in grey
+        return self.body(x.amax(dim=1, keepdim=True))  # (B, 128); colour judged in grey: the brightest channel
 
     def forward(self, x):
         return self.head(self.dropout(self.features(x)))
@@ -81,7 +82,7 @@ class StridedJudge(nn.Module):
         self.head = nn.Linear(FEATURES, 10)
 
     def features(self, x):
-        return self.body(x.mean(dim=1, keepdim=True))
+        return self.body(x.amax(dim=1, keepdim=True))
 
     def forward(self, x):
         return self.head(self.features(x))

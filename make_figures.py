@@ -16,10 +16,19 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from common import dall_e_from_checkpoint, dvae_from_checkpoint, load_checkpoint, reranker_from_checkpoint
+from captions import as_seen
+from common import (
+    CANDIDATES,
+    SAMPLING_TEMPERATURE,
+    dall_e_from_checkpoint,
+    dataset_of,
+    dvae_from_checkpoint,
+    load_checkpoint,
+    reranker_from_checkpoint,
+)
 from data import load_train_and_validation, to_float
 from errors import run_main
-from generate_mnist import LESSON_PROMPTS, save_labelled_grid
+from generate_mnist import default_prompts, save_labelled_grid
 from sampling import generate_images
 from train_dvae import save_reconstructions
 from transformer import MASK_KINDS, attention_mask, layer_mask_kinds
@@ -173,14 +182,17 @@ def samples_over_training_figure(path, grids):
 
 @torch.no_grad()
 def samples_figure(path, checkpoint_path):
-    """The lesson's 64 prompts, the first of 8 draws the reranker accepts (generate_mnist.py's defaults)."""
+    """generate_mnist.py's default prompts and sampling: the first of 8 draws the reranker accepts."""
     checkpoint = load_checkpoint(checkpoint_path, "dall_e")
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
     reranker = reranker_from_checkpoint(checkpoint, checkpoint_path)
-    text = torch.tensor([tokenizer.encode(p) for p in LESSON_PROMPTS])
+    prompts = default_prompts(dataset_of(checkpoint))
+    text = torch.tensor([tokenizer.encode(p) for p in prompts])
     generator = torch.Generator().manual_seed(0)
-    images = generate_images(model, dvae, text, 1.3, None, generator, reranker=reranker, candidates=8)
-    save_labelled_grid(images, LESSON_PROMPTS, path)
+    images = generate_images(
+        model, dvae, text, SAMPLING_TEMPERATURE, None, generator, reranker=reranker, candidates=CANDIDATES
+    )
+    save_labelled_grid(images, prompts, path)
 
 
 def skipped(name, needs, command):
@@ -198,9 +210,14 @@ def main():
     else:
         skipped("training_curves.png", "metrics.csv from both trainers", "the two trainings")
     if (dvae_dir / "latest.pt").is_file():
-        dvae = dvae_from_checkpoint(load_checkpoint(dvae_dir / "latest.pt", "dvae"))
+        checkpoint = load_checkpoint(dvae_dir / "latest.pt", "dvae")
+        dvae = dvae_from_checkpoint(checkpoint)
         c = dvae.config
-        _, (validation, _) = load_train_and_validation(args.data_dir, c.image_size, c.channels, log=lambda line: None)
+        dataset = dataset_of(checkpoint)
+        _, (grey, labels) = load_train_and_validation(
+            dataset.source, args.data_dir, c.image_size, log=lambda line: None
+        )
+        validation, _ = as_seen(dataset, grey, labels, torch.Generator().manual_seed(0))
         codebook_figure(docs / "codebook.png", dvae, validation)
         save_reconstructions(dvae, validation, docs / "dvae_reconstructions.png", "cpu")
         print(f"wrote {docs / 'dvae_reconstructions.png'}")

@@ -8,15 +8,22 @@ trained by train_mnist.py (train_reranker) on the same training digits as the tr
     image encoder  a small strided CNN                                  -> unit vector (E,)
     score          cosine similarity of the two, times a learned scale
 
-It is trained contrastively over the captions it knows, the 20 one-word prompts: each image is
-scored against all of them, and the softmax is pushed towards the two that name its digit. It
-never sees the judge (judge.py) that evaluate.py measures with.
+It scores any caption the tokenizer accepts against any image, and is trained as CLIP is: over a
+batch of (image, caption) pairs, the symmetric contrastive loss pushes each image towards the
+captions of its batch that describe it, and each caption towards its images (several pairs in a
+batch can share a concept, so the targets are spread over all of them). It is trained on the
+same training pairs as the transformer, never on held-out ones, and never sees the judges
+(judge.py) that evaluate.py measures with.
+
+To read an image, it compares it with every concept (a class, or a class in a colour:
+captions.py), the held-out ones included: a concept it never saw can still be scored, word by
+word. A concept's text embedding is the mean over its phrasings (CLIP's prompt ensembling).
 
 Which candidate to keep: the paper keeps the top-scored one. On MNIST that picks the most
-typical digit every time, so the samples lose their variety (measured in README "Results").
-We keep the first candidate the reranker accepts, one whose digit it reads as the prompted
-digit with probability above ACCEPT = 0.9, and fall back to its favourite when it accepts none.
-That filters out wrong digits while leaving the transformer's choice among right ones alone.
+typical digit every time, so the samples lose their variety. We keep the first candidate the
+reranker accepts, one it reads as the prompt's concept with probability above ACCEPT = 0.9, and
+fall back to its favourite when it accepts none. That filters out wrong images while leaving
+the transformer's choice among right ones alone.
 """
 
 import dataclasses
@@ -34,8 +41,8 @@ class RerankerShape:
     num_words: int  # ids below this are words; the rest are padding
     text_length: int
     channels: int = 1
-    digits: int = 10
-    spellings: int = 2  # known captions per digit: "7" and "seven"
+    concepts: int = 10  # the concepts it reads images against ...
+    phrasings: int = 1  # ... each with this many captions
     embed_dim: int = 64
 
 
@@ -56,10 +63,8 @@ class Reranker(nn.Module):
             nn.Linear(64 * 16, shape.embed_dim),
         )
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learned temperature
-        captions = torch.zeros(shape.digits * shape.spellings, shape.text_length, dtype=torch.long)
-        self.register_buffer(
-            "captions", captions
-        )  # (P, T) the known captions, digit-major; set by train_mnist.train_reranker
+        captions = torch.zeros(shape.concepts, shape.phrasings, shape.text_length, dtype=torch.long)
+        self.register_buffer("captions", captions)  # (concepts, P, T) every phrasing; set by train_reranker
 
     def encode_text(self, text):
         """(P, T) token ids -> (P, E) unit vectors; padding is left out of the mean."""
@@ -75,31 +80,36 @@ class Reranker(nn.Module):
         """(B, C, S, S) images against (P, T) prompts -> (B, P) scores."""
         return self.log_scale.exp() * self.encode_image(images) @ self.encode_text(prompts).T
 
-    def digit_probabilities(self, images):
-        """(B, C, S, S) -> (B, digits): softmax over the known captions, summed over each digit's spellings."""
-        p = self.logits(images, self.captions).softmax(dim=-1)  # (B, P)
-        return p.view(len(images), self.shape.digits, self.shape.spellings).sum(-1)
+    def concept_embeddings(self):
+        """(concepts, E) unit vectors: each concept's phrasings, embedded and averaged."""
+        K, P, T = self.captions.shape
+        return F.normalize(self.encode_text(self.captions.view(K * P, T)).view(K, P, -1).mean(dim=1), dim=-1)
 
-    def digit_of(self, text):
-        """(B, T) prompts -> (B,) the digit of the known caption whose text embedding is nearest."""
-        nearest = (self.encode_text(text) @ self.encode_text(self.captions).T).argmax(dim=-1)  # (B,)
-        return nearest // self.shape.spellings
+    def concept_probabilities(self, images):
+        """(B, C, S, S) -> (B, concepts): softmax over the concepts."""
+        return (self.log_scale.exp() * self.encode_image(images) @ self.concept_embeddings().T).softmax(dim=-1)
+
+    def concept_of(self, text):
+        """(B, T) prompts -> (B,) the concept of the known phrasing with the nearest text embedding."""
+        K, P, T = self.captions.shape
+        nearest = (self.encode_text(text) @ self.encode_text(self.captions.view(K * P, T)).T).argmax(dim=-1)
+        return nearest // P
 
 
-ACCEPT = 0.9  # the reranker accepts a candidate when the prompted digit is at least this probable
+ACCEPT = 0.9  # the reranker accepts a candidate when the prompt's concept is at least this probable
 
 
 @torch.no_grad()
 def rerank(images, text, reranker, candidates, keep="first"):
     """images (B * candidates, C, S, S) drawn for text (B, T), each prompt's adjacent -> (B, C, S, S).
 
-    keep="first": per prompt, the first candidate the reranker accepts (its prompted digit has
+    keep="first": per prompt, the first candidate the reranker accepts (the prompt's concept has
     probability above ACCEPT), or the most probable one where it accepts none.
     keep="best": the most probable one, as the paper does.
     """
     B = len(text)
-    wanted = reranker.digit_of(text).repeat_interleave(candidates)  # (B * candidates,)
-    p = reranker.digit_probabilities(images)[torch.arange(len(images)), wanted].view(B, candidates)
+    wanted = reranker.concept_of(text).repeat_interleave(candidates)  # (B * candidates,)
+    p = reranker.concept_probabilities(images)[torch.arange(len(images)), wanted].view(B, candidates)
     choice = p.argmax(dim=1)  # (B,)
     if keep == "first":
         accepted = p > ACCEPT

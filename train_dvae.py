@@ -15,11 +15,23 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from common import add_common_flags, add_training_flags, experiment_config, load_checkpoint
+from captions import as_seen
+from common import add_common_flags, add_training_flags, choose_dataset, experiment_config, load_checkpoint
 from data import batch_indices, load_train_and_validation, to_float
 from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
 from errors import run_main
-from training import Loop, autocast, cosine, finish_run, fit, restore, set_learning_rate, start_run, wrap
+from training import (
+    Loop,
+    autocast,
+    cosine,
+    finish_run,
+    fit,
+    restore,
+    set_learning_rate,
+    start_run,
+    step_generator,
+    wrap,
+)
 
 
 def parse_args(argv=None):
@@ -51,12 +63,14 @@ def main():
     args = parse_args()
     output_dir = Path(args.output_dir)
     resumed = load_checkpoint(output_dir / "latest.pt", "dvae") if args.resume else None
-    config = experiment_config(args, "train_dvae", stored=resumed and resumed["config"])
+    dataset = choose_dataset(args.dataset, resumed and resumed.get("dataset", "mnist"), output_dir / "latest.pt")
+    config = experiment_config(args, "train_dvae", dataset, stored=resumed and resumed["config"])
     t = config.train_dvae
     run = start_run(args.device, args.seed, t.batch_size)
-    (train_images, _), (validation_images, _) = load_train_and_validation(
-        args.data_dir, config.dvae.image_size, config.dvae.channels, log=run.log
+    (train_images, train_labels), (validation_images, validation_labels) = load_train_and_validation(
+        dataset.source, args.data_dir, config.dvae.image_size, log=run.log
     )
+    validation_images, _ = as_seen(dataset, validation_images, validation_labels, torch.Generator().manual_seed(0))
     model = DiscreteVAE(config.dvae)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate)
     start_step = restore(resumed, model, optimizer, run)
@@ -67,7 +81,11 @@ def main():
     def train_step(step):
         temperature, kl_weight, learning_rate = schedules(t, step)
         set_learning_rate(optimizer, learning_rate)
-        images = to_float(train_images[next(batches)]).to(run.device)
+        index = next(batches)
+        images, _ = as_seen(
+            dataset, train_images[index], train_labels[index], step_generator(args.seed, step, run.rank)
+        )
+        images = to_float(images).to(run.device)
         out = ddp_model(images, temperature, kl_weight)
         _, perplexity = codebook_usage(out["codes"], config.dvae.codebook_size)
         return {
@@ -95,6 +113,7 @@ def main():
     def make_checkpoint(step):
         return {
             "kind": "dvae",
+            "dataset": dataset.name,
             "config": dataclasses.asdict(config),
             "dvae_config": dataclasses.asdict(config.dvae),
             "model": model.state_dict(),

@@ -1,9 +1,11 @@
-"""Train the DALL-E transformer on MNIST digits and their names: stage two (paper section 2.2).
+"""Train the DALL-E transformer on images and their captions: stage two (paper section 2.2).
 
     python train_mnist.py --dvae_checkpoint output/dvae/latest.pt
+    python train_mnist.py --dvae_checkpoint output/dvae_colour/latest.pt   # its dataset comes with it
 
-Every training image is tokenised once by the frozen dVAE; each step pairs a batch of those
-token grids with prompts made from their labels, in either spelling ("7" or "seven").
+Every training image is tokenised once by the frozen dVAE (in every colour its class is shown
+in, for coloured data); each step pairs a batch of those token grids with captions of their
+concepts (captions.py), colour and phrasing drawn afresh at every step.
 Writes to --output_dir (default output/dall_e): sample-<step>.png with sample_prompts-<step>.txt,
 dall_e-<step>.pt every sample_every steps and at the end, and latest.pt at least every
 checkpoint_seconds. The checkpoint carries the dVAE and the vocabulary: generation needs no other file.
@@ -20,10 +22,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.utils import save_image
 from tqdm import tqdm
 
+from captions import as_seen, caption_table, colourise, concept_index, random_colours
 from common import (
     add_common_flags,
     add_training_flags,
     check_dvae_matches,
+    choose_dataset,
     dvae_from_checkpoint,
     encode_prompts,
     experiment_config,
@@ -32,14 +36,31 @@ from common import (
 )
 from dall_e import DallE, heldout_losses
 from data import batch_indices, load_train_and_validation, random_affine, to_float
-from errors import run_main
+from errors import UserError, run_main
 from rerank import Reranker, RerankerShape, reranker_state
 from sampling import generate_images
-from tokenizer import DIGITS, WORDS, Tokenizer
-from training import Loop, autocast, cosine, finish_run, fit, restore, set_learning_rate, start_run, wrap
+from tokenizer import Tokenizer
+from training import (
+    Loop,
+    autocast,
+    cosine,
+    finish_run,
+    fit,
+    restore,
+    set_learning_rate,
+    start_run,
+    step_generator,
+    wrap,
+)
 from transformer import MASK_KINDS, mask_density
 
-SAMPLE_PROMPTS = DIGITS + WORDS  # the grid drawn during training: one row per spelling
+
+def grid_prompts(dataset):
+    """The grid drawn during training, row by row: a row per colour (held-out pairs too), else two phrasings."""
+    classes = range(len(dataset.class_names))
+    if dataset.channels == 3:
+        return [[dataset.canonical((label, colour)) for label in classes] for colour in dataset.colours]
+    return [[dataset.captions(label, None)[i] for label in classes] for i in (0, 1)]
 
 
 def parse_args(argv=None):
@@ -68,36 +89,46 @@ def encode_all(dvae, images, device, augment=None, batch_size=500):
     return torch.cat(chunks)
 
 
-def tokenise_training_set(dvae, images, labels, t, seed, device):
-    """The digits as they are, plus t.augment_copies randomly moved copies of each (see README)."""
+def tokenise_training_set(dvae, images, labels, t, seed, device, dataset):
+    """(M, colours, G*G) codes of every image in every colour, plus t.augment_copies randomly moved copies.
+
+    Colours a class is never shown in are tokenised too (it is simpler) but never drawn in training.
+    """
     generator = torch.Generator().manual_seed(seed)
 
     def augment(x):
         return random_affine(x, generator, t.augment_shift, t.augment_degrees, t.augment_scale)
 
-    codes = [encode_all(dvae, images, device)] + [
-        encode_all(dvae, images, device, augment) for _ in range(t.augment_copies)
-    ]
+    def in_every_colour(moved):
+        """(M, colours, G*G): the images in each colour, moved first where `moved`."""
+        coloured = [colourise(images, torch.full((len(images),), c), dataset) for c in range(len(dataset.colours))]
+        return torch.stack([encode_all(dvae, x, device, augment if moved else None) for x in coloured], dim=1)
+
+    codes = [in_every_colour(False)] + [in_every_colour(True) for _ in range(t.augment_copies)]
     return torch.cat(codes), labels.repeat(1 + t.augment_copies)
 
 
-def train_reranker(
-    images, labels, prompt_ids, tokenizer, device, steps=600, batch_size=128, learning_rate=2e-3, seed=0
-):
-    """images (N, C, S, S) uint8, labels (N,), prompt_ids (10, spellings, T) -> a trained Reranker (eval mode)."""
+def train_reranker(images, labels, dataset, captions, shape, device, steps=600, batch_size=128, seed=0):
+    """A Reranker trained contrastively (CLIP's symmetric loss) on (image, caption) pairs of seen concepts.
+
+    images (N, 1, S, S) uint8 grey, labels (N,), captions (concepts, P, T) -> the Reranker, eval mode.
+    """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    digits, spellings, text_length = prompt_ids.shape
-    shape = RerankerShape(tokenizer.vocab_size, len(tokenizer.words), text_length, images.shape[1], digits, spellings)
     model = Reranker(shape).to(device)
-    model.captions.copy_(prompt_ids.flatten(0, 1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    model.captions.copy_(captions)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     for step in tqdm(range(steps), desc="training reranker", leave=False):
-        set_learning_rate(optimizer, cosine(learning_rate, 0.0, step / steps))
+        set_learning_rate(optimizer, cosine(2e-3, 0.0, step / steps))
         index = torch.randint(0, len(images), (batch_size,), generator=generator)
-        x = random_affine(to_float(images[index]), generator, 2.0, 10.0, 0.1).to(device)
-        target = F.one_hot(labels[index], digits).float().repeat_interleave(spellings, dim=1) / spellings  # (B, P)
-        loss = F.cross_entropy(model.logits(x, model.captions), target.to(device))
+        x, colours = as_seen(dataset, images[index], labels[index], generator)
+        x = random_affine(to_float(x), generator, 2.0, 10.0, 0.1).to(device)
+        concepts = concept_index(dataset, labels[index], colours)
+        text = captions[concepts, torch.randint(0, captions.shape[1], (batch_size,), generator=generator)]
+        logits = model.logits(x, text.to(device))  # (B images, B captions)
+        same = (concepts[:, None] == concepts[None, :]).float().to(device)  # pairs that share a concept
+        by_image, by_caption = same / same.sum(1, keepdim=True), same.T / same.sum(0)[:, None]
+        loss = (F.cross_entropy(logits, by_image) + F.cross_entropy(logits.T, by_caption)) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -123,30 +154,48 @@ def make_optimizer(model, t):
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(0.9, 0.95))
 
 
+def choose_run_dataset(args, dvae_checkpoint, resumed):
+    """The dVAE's dataset; --dataset, where given, and a resumed run must agree with it."""
+    dataset = choose_dataset(args.dataset, dvae_checkpoint.get("dataset", "mnist"), args.dvae_checkpoint)
+    if resumed and resumed.get("dataset", "mnist") != dataset.name:
+        raise UserError(f"{args.output_dir}/latest.pt was trained on {resumed['dataset']}, not {dataset.name}")
+    return dataset
+
+
 def main():
     args = parse_args()
     output_dir = Path(args.output_dir)
     resumed = load_checkpoint(output_dir / "latest.pt", "dall_e") if args.resume else None
-    config = experiment_config(args, "train_dall_e", stored=resumed and resumed["config"])
+    dvae_checkpoint = load_checkpoint(args.dvae_checkpoint, "dvae")
+    dataset = choose_run_dataset(args, dvae_checkpoint, resumed)
+    config = experiment_config(args, "train_dall_e", dataset, stored=resumed and resumed["config"])
     t = config.train_dall_e
-    dvae = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"))
+    dvae = dvae_from_checkpoint(dvae_checkpoint)
     check_dvae_matches(dvae.config, config.dvae, args.dvae_checkpoint)
     run = start_run(args.device, args.seed, t.batch_size)
     dvae.to(run.device)
-    tokenizer = Tokenizer(config.dall_e.text_length)
+    tokenizer = Tokenizer(dataset.words(), config.dall_e.text_length)
+    captions = caption_table(dataset, tokenizer)  # (concepts, P, T)
     (train_images, train_labels), (validation_images, validation_labels) = load_train_and_validation(
-        args.data_dir, config.dvae.image_size, config.dvae.channels, log=run.log
+        dataset.source, args.data_dir, config.dvae.image_size, log=run.log
     )
-    prompt_ids = torch.stack([encode_prompts(tokenizer, DIGITS), encode_prompts(tokenizer, WORDS)], dim=1)  # (10, 2, T)
     if resumed:
         reranker = reranker_from_checkpoint(resumed, output_dir / "latest.pt")
     else:
+        shape = RerankerShape(tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels,
+                              *captions.shape[:2])  # fmt: skip
         reranker = train_reranker(
-            train_images, train_labels, prompt_ids, tokenizer, run.device, t.reranker_steps, seed=args.seed
+            train_images, train_labels, dataset, captions, shape, run.device, t.reranker_steps, seed=args.seed
         )
-    train_codes, train_labels = tokenise_training_set(dvae, train_images, train_labels, t, args.seed, run.device)
-    validation_codes = encode_all(dvae, validation_images, run.device)
-    validation_text = prompt_ids[validation_labels, torch.arange(len(validation_labels)) % 2]  # (M, T), both spellings
+    train_codes, train_labels = tokenise_training_set(
+        dvae, train_images, train_labels, t, args.seed, run.device, dataset
+    )
+    allowed = dataset.allowed_colours()  # (classes, colours)
+    shown, colours = as_seen(dataset, validation_images, validation_labels, torch.Generator().manual_seed(0))
+    validation_codes = encode_all(dvae, shown, run.device)
+    concepts = concept_index(dataset, validation_labels, colours)
+    validation_text = captions[concepts, torch.arange(len(concepts)) % captions.shape[1]]  # (M, T), every phrasing
+    grid = grid_prompts(dataset)
 
     model = DallE(config.dall_e, dvae.config, tokenizer.vocab_size)
     optimizer = make_optimizer(model, t)
@@ -168,9 +217,12 @@ def main():
         lr = learning_rate(t, step)
         set_learning_rate(optimizer, lr)
         index = next(batches)
-        spelling = torch.randint(0, 2, (len(index),))  # "7" or "seven", drawn afresh every step
-        text = prompt_ids[train_labels[index], spelling].to(run.device)
-        out = ddp_model(text, train_codes[index].to(run.device), t.text_loss_weight)
+        generator = step_generator(args.seed, step, run.rank)  # colour and phrasing, drawn afresh every step
+        labels = train_labels[index]
+        colours = random_colours(labels, allowed, generator)
+        phrasing = torch.randint(0, captions.shape[1], (len(index),), generator=generator)
+        text = captions[concept_index(dataset, labels, colours), phrasing].to(run.device)
+        out = ddp_model(text, train_codes[index, colours].to(run.device), t.text_loss_weight)
         return {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"], "lr": lr}
 
     def after_step(step):
@@ -181,11 +233,10 @@ def main():
         model.eval()
         losses = heldout_losses(sampler, validation_text.to(run.device), validation_codes.to(run.device))
         generator = torch.Generator(run.device).manual_seed(args.seed)
-        text = encode_prompts(tokenizer, SAMPLE_PROMPTS).to(run.device)
-        save_image(
-            generate_images(sampler, dvae, text, generator=generator), output_dir / f"sample-{step}.png", nrow=10
-        )
-        (output_dir / f"sample_prompts-{step}.txt").write_text(" ".join(DIGITS) + "\n" + " ".join(WORDS) + "\n")
+        text = encode_prompts(tokenizer, [p for row in grid for p in row]).to(run.device)
+        images = generate_images(sampler, dvae, text, generator=generator)
+        save_image(images, output_dir / f"sample-{step}.png", nrow=len(grid[0]))
+        (output_dir / f"sample_prompts-{step}.txt").write_text("".join(" | ".join(row) + "\n" for row in grid))
         model.train()
         run.log(
             f"step {step}: validation image loss {losses['image_loss']:.4f} "
@@ -196,6 +247,7 @@ def main():
     def make_checkpoint(step):
         return {
             "kind": "dall_e",
+            "dataset": dataset.name,
             "config": dataclasses.asdict(config),
             "vocabulary": tokenizer.vocabulary,
             "dvae": {"dvae_config": dataclasses.asdict(dvae.config), "model": dvae.state_dict()},

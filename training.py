@@ -64,6 +64,12 @@ def start_run(device_name, seed, batch_size):
     return run
 
 
+def step_generator(seed, step, rank=0):
+    """A generator for one training step's random choices (colours, captions), a pure function of
+    (seed, step, rank): a resumed run draws exactly what an uninterrupted one would have."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 101 + rank)
+
+
 def finish_run(run, model):
     """Under torchrun: check that every process ends with the same weights, then leave the group."""
     if run.world_size == 1:

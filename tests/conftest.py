@@ -39,13 +39,14 @@ def write_idx(path, array):
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
-    images, labels = mnist_data()
+    images, labels = mnist_data()  # sorted by label: take every 12th for training, others for the test split
     images = images.reshape(-1, 28, 28).astype(np.uint8)
     folder = tmp_path_factory.mktemp("mnist")
-    write_idx(folder / "train-images-idx3-ubyte", images[:400])
-    write_idx(folder / "train-labels-idx1-ubyte", labels[:400])
-    write_idx(folder / "t10k-images-idx3-ubyte", images[400:500])
-    write_idx(folder / "t10k-labels-idx1-ubyte", labels[400:500])
+    train, test = np.arange(0, 4800, 12), np.arange(5, 5000, 50)  # 400 and 100, all ten digits, disjoint
+    write_idx(folder / "train-images-idx3-ubyte", images[train])
+    write_idx(folder / "train-labels-idx1-ubyte", labels[train])
+    write_idx(folder / "t10k-images-idx3-ubyte", images[test])
+    write_idx(folder / "t10k-labels-idx1-ubyte", labels[test])
     return folder
 
 

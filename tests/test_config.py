@@ -27,7 +27,7 @@ def test_shipped_experiments_load_and_change_something(path):
     """Each experiment file is valid and holds only values that differ from config.py's defaults."""
     config = load_config(path)
     default = Config()
-    for section, values in yaml.safe_load(path.read_text()).items():
+    for section, values in (yaml.safe_load(path.read_text()) or {}).items():
         for key, value in values.items():
             assert getattr(getattr(config, section), key) != getattr(getattr(default, section), key), f"{section}.{key}"
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from captions import DATASETS, colourise
 from config import DallEConfig, DallETrainConfig, DVAEConfig
 from dall_e import DallE, sample_token
 from data import to_float
@@ -96,7 +97,19 @@ def test_training_set_gains_moved_copies_of_every_digit():
     dvae = DiscreteVAE(DVAEConfig(codebook_size=16, codebook_dim=8, hidden_dim=4)).eval()
     images = (torch.rand(5, 1, 32, 32) * 255).to(torch.uint8)
     labels = torch.arange(5)
-    codes, repeated = tokenise_training_set(dvae, images, labels, DallETrainConfig(augment_copies=2), 0, "cpu")
-    assert codes.shape == (15, 64) and repeated.tolist() == labels.tolist() * 3
-    assert torch.equal(codes[:5], dvae.encode(to_float(images)).flatten(1))  # the originals come first, unmoved
+    config = DallETrainConfig(augment_copies=2)
+    codes, repeated = tokenise_training_set(dvae, images, labels, config, 0, "cpu", DATASETS["mnist"])
+    assert codes.shape == (15, 1, 64) and repeated.tolist() == labels.tolist() * 3
+    assert torch.equal(codes[:5, 0], dvae.encode(to_float(images)).flatten(1))  # the originals come first, unmoved
     assert not torch.equal(codes[5:10], codes[:5]) and not torch.equal(codes[10:], codes[5:10])
+
+
+def test_coloured_digits_are_tokenised_in_every_colour():
+    torch.manual_seed(0)
+    dataset = DATASETS["color_mnist"]
+    dvae = DiscreteVAE(DVAEConfig(channels=3, codebook_size=16, codebook_dim=8, hidden_dim=4)).eval()
+    images = (torch.rand(4, 1, 32, 32) * 255).to(torch.uint8)
+    codes, _ = tokenise_training_set(dvae, images, torch.arange(4), DallETrainConfig(), 0, "cpu", dataset)
+    assert codes.shape == (4, 6, 64)
+    blue = colourise(images, torch.full((4,), dataset.colours.index("blue")), dataset)
+    assert torch.equal(codes[:, dataset.colours.index("blue")], dvae.encode(to_float(blue)).flatten(1))

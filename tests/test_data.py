@@ -2,7 +2,7 @@ import torch
 
 from data import (
     batch_indices,
-    load_mnist,
+    load_images,
     load_train_and_validation,
     random_affine,
     read_idx_folder,
@@ -14,16 +14,10 @@ from data import (
 
 def test_padding_keeps_digits_pixel_exact():
     digits = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
-    images = to_model_images(digits, 32, 1)
+    images = to_model_images(digits, 32)
     assert images.shape == (3, 1, 32, 32)
     assert torch.equal(images[:, 0, 2:30, 2:30], digits)
     assert images[:, :, :2].sum() == 0 and images[:, :, :, 30:].sum() == 0
-
-
-def test_three_channels_repeat_the_grey_level():
-    images = to_model_images(torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8), 32, 3)
-    assert images.shape == (2, 3, 32, 32)
-    assert torch.equal(images[:, 0], images[:, 2])
 
 
 def test_idx_folder_is_read(mnist_dir):
@@ -31,9 +25,9 @@ def test_idx_folder_is_read(mnist_dir):
     assert images.shape == (100, 28, 28) and labels.shape == (100,)
     assert 0 <= labels.min() and labels.max() <= 9
     messages = []
-    images, labels = load_mnist(mnist_dir, True, 32, 1, log=messages.append)
+    images, labels = load_images("mnist", mnist_dir, True, 32, log=messages.append)
     assert images.shape == (400, 1, 32, 32)
-    assert "MNIST training split, 400 digits" in messages[0]
+    assert "MNIST training split, 400 images" in messages[0]
 
 
 def test_resumed_batches_continue_the_same_stream():
@@ -62,9 +56,9 @@ def test_heldout_split_covers_every_digit_even_when_data_is_sorted():
 def test_validation_is_carved_from_the_training_digits_never_the_test_split(mnist_dir):
     assert validation_size(5_000) == 500 and validation_size(60_000) == 10_000
     lines = []
-    (train, _), (validation, _) = load_train_and_validation(mnist_dir, 32, 1, log=lines.append)
+    (train, _), (validation, _) = load_train_and_validation("mnist", mnist_dir, 32, log=lines.append)
     assert len(train) == 360 and len(validation) == 40  # mnist_dir has 400 training and 100 test digits
-    test, _ = load_mnist(mnist_dir, False, 32, 1, log=lines.append)
+    test, _ = load_images("mnist", mnist_dir, False, 32, log=lines.append)
     everything = torch.cat([train, validation]).flatten(1)
     assert all((everything == digit.flatten()).all(1).any() for digit in validation.flatten(1))
     assert not any((everything == digit.flatten()).all(1).any() for digit in test.flatten(1)[:20])

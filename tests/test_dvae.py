@@ -5,7 +5,7 @@ import torch
 
 from common import dvae_from_checkpoint, load_checkpoint, save_checkpoint
 from config import DVAEConfig, DVAETrainConfig
-from data import load_mnist, to_float
+from data import load_images, to_float
 from dvae import DiscreteVAE, codebook_usage
 from train_dvae import schedules
 
@@ -67,7 +67,7 @@ def test_kl_is_zero_for_uniform_codes_and_positive_otherwise():
 def test_reconstruction_loss_falls_on_a_tiny_batch(mnist_dir):
     torch.manual_seed(0)
     model = DiscreteVAE(DVAEConfig(**SMALL))
-    images = to_float(load_mnist(mnist_dir, True, 32, 1, log=lambda _: None)[0][:8])
+    images = to_float(load_images("mnist", mnist_dir, True, 32, log=lambda _: None)[0][:8])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):

@@ -1,5 +1,6 @@
 import torch
 
+from captions import DATASETS
 from evaluate import measure_draws, nearest_training_distance
 from judge import RECIPES, Judge, StridedJudge, frechet_distance, unsure_share
 
@@ -41,4 +42,6 @@ def test_copies_of_training_digits_are_counted_as_near_copies():
     copies = torch.cat([train[:20].float() / 255, torch.ones(20, 1, 32, 32)])  # 20 copies, 20 far from any digit
     digits = torch.cat([train_labels[:20], real_labels[:20]])
     real_distances = nearest_training_distance(real, real_labels, train, train_labels)
-    assert measure_draws(copies, digits, {}, real_distances, (train, train_labels))["near_copies"] == 0.5
+    prompted = (digits, torch.zeros_like(digits))
+    figures = measure_draws(copies, prompted, DATASETS["mnist"], {}, real_distances, (train, train_labels))
+    assert figures["near_copies"] == 0.5

@@ -1,22 +1,21 @@
 import torch
 
-from common import encode_prompts
-from data import load_mnist, to_float
-from rerank import rerank, reranker_from_state, reranker_state
-from tokenizer import DIGITS, WORDS, Tokenizer
+from captions import DATASETS, caption_table, colourise, concept_index
+from data import load_images, to_float
+from rerank import RerankerShape, rerank, reranker_from_state, reranker_state
 from train_mnist import train_reranker
 
 
 class FixedReranker:
-    """Stands in for a trained reranker: fixed digit probabilities for each image."""
+    """Stands in for a trained reranker: fixed concept probabilities for each image."""
 
     def __init__(self, probabilities):
         self.probabilities = probabilities
 
-    def digit_of(self, text):
-        return text[:, 0]  # in these tests the first token id is the digit
+    def concept_of(self, text):
+        return text[:, 0]  # in these tests the first token id is the concept
 
-    def digit_probabilities(self, images):
+    def concept_probabilities(self, images):
         return self.probabilities
 
 
@@ -33,16 +32,35 @@ def test_rerank_keeps_the_first_match_or_the_most_probable():
     assert rerank(images, text, FixedReranker(p), candidates, keep="best").flatten().tolist() == [2.0, 4.0]
 
 
-def test_reranker_learns_to_read_digits_and_survives_a_checkpoint(mnist_dir):
-    images, labels = load_mnist(mnist_dir, True, 32, 1, log=lambda _: None)
-    tokenizer = Tokenizer(2)
-    prompt_ids = torch.stack([encode_prompts(tokenizer, DIGITS), encode_prompts(tokenizer, WORDS)], dim=1)
-    reranker = train_reranker(images, labels, prompt_ids, tokenizer, "cpu", steps=150)
-    assert torch.equal(reranker.digit_of(prompt_ids.flatten(0, 1)), torch.arange(10).repeat_interleave(2))
+def trained_reranker(name, images, labels, steps):
+    dataset = DATASETS[name]
+    tokenizer = dataset.tokenizer()
+    captions = caption_table(dataset, tokenizer)
+    shape = RerankerShape(tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels,
+                          *captions.shape[:2])  # fmt: skip
+    return train_reranker(images, labels, dataset, captions, shape, "cpu", steps=steps), dataset, captions
+
+
+def test_reranker_reads_any_phrasing_and_survives_a_checkpoint(mnist_dir):
+    images, labels = load_images("mnist", mnist_dir, True, 32, log=lambda _: None)
+    reranker, dataset, captions = trained_reranker("mnist", images, labels, steps=150)
+    every_phrasing = captions.flatten(0, 1)  # (concepts * P, T)
+    assert torch.equal(reranker.concept_of(every_phrasing), torch.arange(10).repeat_interleave(captions.shape[1]))
     x = to_float(images)
-    probabilities = reranker.digit_probabilities(x)
+    probabilities = reranker.concept_probabilities(x)
     assert torch.allclose(probabilities.sum(1), torch.ones(len(x)), atol=1e-5)
     accuracy = (probabilities.argmax(1) == labels).float().mean().item()
     assert accuracy > 0.8, accuracy  # 400 training digits; chance is 0.1
     restored = reranker_from_state(reranker_state(reranker))
-    assert torch.allclose(restored.digit_probabilities(x), probabilities)
+    assert torch.allclose(restored.concept_probabilities(x), probabilities)
+
+
+def test_colour_reranker_reads_the_colour_of_images_it_trained_on(mnist_dir):
+    images, labels = load_images("mnist", mnist_dir, True, 32, log=lambda _: None)
+    reranker, dataset, _ = trained_reranker("color_mnist", images, labels, steps=150)
+    colour = torch.arange(len(images)) % len(dataset.colours)
+    probabilities = reranker.concept_probabilities(to_float(colourise(images, colour, dataset)))
+    read_colour = probabilities.argmax(1) % len(dataset.colours)
+    assert (read_colour == colour).float().mean() > 0.9
+    concept = concept_index(dataset, labels, colour)
+    assert (probabilities.argmax(1) == concept).float().mean() > 0.3  # 60 concepts: chance is 1/60
