@@ -38,6 +38,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dvae_dir", default="output/dvae", help="train_dvae.py's output (default: %(default)s)")
     parser.add_argument("--dall_e_dir", default="output/dall_e", help="train_mnist.py's output (default: %(default)s)")
+    parser.add_argument("--colour_dir", default="output/dall_e_colour", help="a color_mnist run (default: %(default)s)")
+    parser.add_argument(
+        "--fashion_dir", default="output/dall_e_fashion", help="a fashion_mnist run (default: %(default)s)"
+    )
     parser.add_argument("--data_dir", default="data", help="MNIST, as the trainers read it (default: %(default)s)")
     parser.add_argument("--docs_dir", default="docs", help="where the figures go (default: %(default)s)")
     return parser.parse_args(argv)
@@ -195,6 +199,34 @@ def samples_figure(path, checkpoint_path):
     save_labelled_grid(images, prompts, path)
 
 
+@torch.no_grad()
+def zero_shot_figure(path, checkpoint_path, per_pair=2):
+    """For every digit: its held-out colour (never seen in training) beside a seen one, reranked as generate draws."""
+    checkpoint = load_checkpoint(checkpoint_path, "dall_e")
+    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
+    dataset = dataset_of(checkpoint)
+    reranker = reranker_from_checkpoint(checkpoint, checkpoint_path)
+    held = dict(dataset.held_out)
+    k = len(dataset.colours)
+    rotated = {d: dataset.colours[d % k :] + dataset.colours[: d % k] for d in held}  # varied seen colours
+    seen = {d: next(c for c in rotated[d] if dataset.seen(d, c)) for d in held}
+    rows = [("held out", held), ("seen", seen)]
+    prompts = [dataset.canonical((d, colours[d])) for _, colours in rows for _ in range(per_pair) for d in range(10)]
+    text = torch.tensor([tokenizer.encode(p) for p in prompts])
+    generator = torch.Generator().manual_seed(0)
+    images = generate_images(
+        model, dvae, text, SAMPLING_TEMPERATURE, None, generator, reranker=reranker, candidates=CANDIDATES
+    )
+    figure, axes = plt.subplots(len(rows) * per_pair, 10, figsize=(12, 1.45 * len(rows) * per_pair))
+    for ax, image, prompt in zip(axes.flat, images, prompts):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.set_title(prompt, fontsize=7)
+        ax.set_xticks([]), ax.set_yticks([])
+    for r, (name, _) in enumerate(rows):
+        axes[r * per_pair, 0].set_ylabel(name, fontsize=9)
+    save(figure, path)
+
+
 def skipped(name, needs, command):
     print(f"skipped {name}: needs {needs} (run {command} first)")
 
@@ -229,6 +261,15 @@ def main():
         samples_figure(docs / "dall_e_samples.png", dall_e_dir / "latest.pt")
     else:
         skipped("samples_over_training.png and dall_e_samples.png", dall_e_dir, "python train_mnist.py")
+    colour, fashion = Path(args.colour_dir) / "latest.pt", Path(args.fashion_dir) / "latest.pt"
+    if colour.is_file():
+        zero_shot_figure(docs / "zero_shot.png", colour)
+    else:
+        skipped("zero_shot.png", colour, "the color_mnist commands in the README")
+    if fashion.is_file():
+        samples_figure(docs / "fashion_samples.png", fashion)
+    else:
+        skipped("fashion_samples.png", fashion, "the fashion_mnist commands in the README")
 
 
 if __name__ == "__main__":
