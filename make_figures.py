@@ -77,8 +77,8 @@ def masks_figure(path, text_length=3, grid_size=4, kernel=3):
     save(figure, path)
 
 
-def sequence_figure(path, text_length=2, shown_image=5):
-    """[t1 t2 | z1 .. z64]: which output position predicts which token, through which head."""
+def sequence_figure(path, text_length=3, shown_image=4):
+    """[t1 t2 t3 | z1 .. z64]: which output position predicts which token, through which head."""
     inputs = [f"t{i + 1}" for i in range(text_length)] + [f"z{i + 1}" for i in range(shown_image)] + ["...", "z63"]
     targets = (
         [f"t{i + 2}" for i in range(text_length - 1)] + [f"z{i + 1}" for i in range(shown_image + 1)] + ["...", "z64"]

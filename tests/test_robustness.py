@@ -142,13 +142,20 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_a_truncated_checkpoint_is_named(tmp_path, mnist_dir):
-    out = tmp_path / "dvae"
-    config = config_file(tmp_path, TINY)
-    assert (
-        run_script("train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out).returncode
-        == 0
+@pytest.fixture(scope="module")
+def tiny_dvae(tmp_path_factory, mnist_dir):
+    """A dVAE trained for six steps on the tiny config: (its folder, the config file)."""
+    root = tmp_path_factory.mktemp("tiny_dvae")
+    config = config_file(root, TINY)
+    result = run_script(
+        "train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", root / "dvae"
     )
+    assert result.returncode == 0, result.stderr
+    return root / "dvae", config
+
+
+def test_a_truncated_checkpoint_is_named(tmp_path, tiny_dvae):
+    out, config = tiny_dvae
     broken = tmp_path / "broken.pt"
     broken.write_bytes((out / "latest.pt").read_bytes()[:2000])
     result = run_script(
@@ -157,13 +164,8 @@ def test_a_truncated_checkpoint_is_named(tmp_path, mnist_dir):
     assert_clean_error(result, "truncated or not a checkpoint")
 
 
-def test_a_dvae_that_does_not_match_the_config_is_named(tmp_path, mnist_dir):
-    out = tmp_path / "dvae"
-    config = config_file(tmp_path, TINY)
-    assert (
-        run_script("train_dvae.py", "--config_path", config, "--data_dir", mnist_dir, "--output_dir", out).returncode
-        == 0
-    )
+def test_a_dvae_that_does_not_match_the_config_is_named(tmp_path, mnist_dir, tiny_dvae):
+    out, config = tiny_dvae
     result = run_script(
         "train_mnist.py",
         "--dvae_checkpoint",

@@ -225,6 +225,11 @@ def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_di
         assert judge["fid_reference_size"] == 40
     assert metrics["dvae"]["codes_used"] >= 1 and metrics["bits_per_image_token"] > 0
     assert 0 <= metrics["reranker_accuracy"]["seen"] <= 1
+    summary = run_script("summarize.py", tmp_path / "metrics.json", tmp_path / "metrics.json")
+    assert summary.returncode == 0, summary.stderr
+    accuracy = 100 * metrics["draws"]["3"]["A"]["prompt_accuracy"]
+    line = next(row for row in summary.stdout.splitlines() if row.startswith("prompt accuracy (judge A)"))
+    assert line.endswith(f"{accuracy:.4g} [{accuracy:.4g}, {accuracy:.4g}]")  # mean [lowest, highest] of two copies
 
 
 @pytest.fixture(scope="module")
