@@ -25,7 +25,7 @@ def batch(model, size=4):
 def test_loss_is_weighted_text_and_image(weight):
     """The loss from its definition, one position at a time: position i predicts token i + 1 of
     [t_1..t_T, z_1..z_N]; text tokens through the text head, image tokens through the image head."""
-    model = small_model(text_length=3)
+    model = small_model(text_length=3).eval()  # no dropout: both computations see the same network
     text, image = batch(model)
     out = model(text, image, text_loss_weight=weight)
     sequence = torch.cat([text, image], dim=1)  # (B, T + N) the tokens themselves
