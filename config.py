@@ -76,7 +76,7 @@ class DallETrainConfig:
 
     num_training_steps: int = 2000
     batch_size: int = 64
-    learning_rate: float = 3e-3  # peak, after a linear warmup, then cosine to min (docs/experiments.md)
+    learning_rate: float = 3e-3  # peak, then cosine; the earlier recipe, not re-validated (docs/experiments.md)
     min_learning_rate: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.01
