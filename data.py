@@ -147,7 +147,7 @@ def load_train_and_validation(source_name, data_dir, image_size, log=print):
     """
     images, labels = load_images(source_name, data_dir, True, image_size, log)
     size = validation_size(len(images))
-    log(f"data: holding out {size:,} of the training digits as the validation split (never trained on)")
+    log(f"data: holding out {size:,} of the training images as the validation split (never trained on)")
     return split_heldout(images, labels, size)
 
 
