@@ -1,11 +1,18 @@
 """Speed figures for the default models on this device; prints a table, writes OUTPUT_DIR/bench.json.
 
     python benchmark.py
+    python benchmark.py --compare ../old_checkout     # the same figures from another checkout, and the ratios
 
 Measures, with freshly initialised models of the experiment's sizes (speed does not depend on
-the weights): this machine's float32 matmul peak; dVAE training images/s; transformer training
-tokens/s and the FLOP/s it achieves as a share of that peak; sampling images/s (tokens and dVAE
-decoding) with and without the KV cache, at batch 1 and at --large_batch; peak memory.
+the weights): the machine (CPU name, bf16 support, float32 and bf16 matmul peaks); dVAE training
+images/s; transformer training tokens/s and the FLOP/s it achieves as a share of the float32 peak;
+sampling images/s (tokens and dVAE decoding) with and without the KV cache, at batch 1 and at
+--large_batch, and with classifier-free guidance at --large_batch; peak memory. Training and
+sampling run at --precision (auto: bf16 where the device computes it fast).
+
+--compare REF runs REF/benchmark.py first, in its own folder and process, then this one, on
+the same machine minutes apart, and prints both with the ratio this / REF: speed claims are
+ratios measured side by side, never absolute times from another day or machine.
 With --profile it also prints where one cached sampling run at --large_batch spends its time,
 by operation, from torch.profiler.
 """
@@ -13,7 +20,9 @@ by operation, from torch.profiler.
 import argparse
 import json
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,11 +31,11 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from captions import DATASETS
-from common import pick_device, print_rows
+from common import add_precision_flag, fast_bf16, pick_device, precision_context, print_rows, resolve_precision
 from config import load_config
 from dall_e import DallE
 from dvae import DiscreteVAE
-from errors import run_main
+from errors import UserError, run_main
 from sampling import generate_images
 from tokenizer import Tokenizer
 
@@ -39,6 +48,11 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="output/bench", help="default: %(default)s")
     parser.add_argument("--device", default="auto", help="default: %(default)s")
     parser.add_argument("--profile", action="store_true", help="also profile sampling at --large_batch")
+    parser.add_argument(
+        "--guidance", type=float, default=3.0, help="the guided sampling's scale (default: %(default)s)"
+    )
+    parser.add_argument("--compare", metavar="REF", help="a checkout of this project to measure first, side by side")
+    add_precision_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -59,16 +73,28 @@ def timed(fn, device, repeats, warmup=2):
     return (time.perf_counter() - start) / repeats
 
 
-def matmul_peak(device, size=2048):
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def matmul_peak(device, dtype=torch.float32, size=2048):
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     return 2 * size**3 / timed(lambda: a @ b, device, repeats=10)
 
 
-def train_speed(model, batch_fn, device, steps):
+def machine(device):
+    """What the figures were measured on."""
+    if device.type == "cuda":
+        return {"name": torch.cuda.get_device_name(device), "fast_bf16": fast_bf16(device)}
+    capabilities = torch.cpu.get_capabilities() if device.type == "cpu" else {}
+    flags = [f for f in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16") if capabilities.get(f)]
+    name = capabilities.get("cpu_name", device.type)
+    return {"name": f"{name}, {capabilities.get('num_physical_cores', '?')} cores, flags {' '.join(flags) or 'none'}",
+            "fast_bf16": fast_bf16(device)}  # fmt: skip
+
+
+def train_speed(model, batch_fn, device, steps, precision):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
-        loss = model(*batch_fn())["loss"]
+        with precision_context(precision, device):
+            loss = model(*batch_fn())["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -95,18 +121,37 @@ def profile_sampling(model, dvae, prompts, device, rows=10):
     return profiler.key_averages().table(sort_by=key, row_limit=rows)
 
 
+def sampling_speeds(model, dvae, prompts, device, precision, guidance):
+    """Images/s for one prompt batch: cached, uncached, and (at large batches) guided."""
+    batch = len(prompts)
+    settings = {"cache": {}, "no_cache": {"use_cache": False}}
+    if batch > 1:
+        settings["guided"] = {"guidance": guidance}
+    figures = {}
+    with precision_context(precision, device):
+        for name, options in settings.items():
+            seconds = timed(lambda: generate_images(model, dvae, prompts, **options), device, 3 if batch == 1 else 1, 1)
+            figures[f"sampling_images_per_s_batch{'1' if batch == 1 else '_large'}_{name}"] = batch / seconds
+    return figures
+
+
 def measure(args):
     device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
     config = load_config(args.config_path)
-    figures = {"device": str(device), "threads": torch.get_num_threads()}
+    figures = {"device": str(device), "threads": torch.get_num_threads(), "precision": precision} | {
+        f"machine_{key}": value for key, value in machine(device).items()
+    }
     bar = tqdm(total=6, desc="benchmark")
     figures["matmul_peak_flops"] = matmul_peak(device)
+    figures["matmul_peak_flops_bf16"] = matmul_peak(device, torch.bfloat16)
     bar.update()
 
     dvae = DiscreteVAE(config.dvae).to(device)
     b = config.train_dvae.batch_size
     images = torch.rand(b, config.dvae.channels, config.dvae.image_size, config.dvae.image_size, device=device)
-    figures["dvae_train_images_per_s"] = b / train_speed(dvae, lambda: (images, 0.5, 1.0), device, args.steps)
+    seconds = train_speed(dvae, lambda: (images, 0.5, 1.0), device, args.steps, precision)
+    figures["dvae_train_images_per_s"] = b / seconds
     bar.update()
 
     tokenizer = Tokenizer(DATASETS["mnist"].words(), config.dall_e.text_length)
@@ -114,7 +159,7 @@ def measure(args):
     b, n = config.train_dall_e.batch_size, config.dvae.grid_size**2
     text = torch.randint(0, len(tokenizer.words), (b, config.dall_e.text_length), device=device)
     codes = torch.randint(0, config.dvae.codebook_size, (b, n), device=device)
-    seconds = train_speed(model, lambda: (text, codes), device, args.steps)
+    seconds = train_speed(model, lambda: (text, codes), device, args.steps, precision)
     tokens = b * (config.dall_e.text_length + n - 1)
     figures["transformer_train_tokens_per_s"] = tokens / seconds
     figures["transformer_train_flops"] = tokens * transformer_flops_per_token(model, (tokens // b) / 2) / seconds
@@ -124,19 +169,17 @@ def measure(args):
     model.eval(), dvae.eval()
     for batch in (1, args.large_batch):
         prompts = torch.randint(0, len(tokenizer.words), (batch, config.dall_e.text_length), device=device)
-        for use_cache in (True, False):
-            repeats = 3 if batch == 1 else 1
-            seconds = timed(
-                lambda: generate_images(model, dvae, prompts, use_cache=use_cache), device, repeats, warmup=1
-            )
-            figures[
-                f"sampling_images_per_s_batch{'1' if batch == 1 else '_large'}_{'cache' if use_cache else 'no_cache'}"
-            ] = batch / seconds
+        figures |= sampling_speeds(model, dvae, prompts, device, precision, args.guidance)
         bar.update()
     bar.close()
+    figures["guided_cost"] = (
+        figures["sampling_images_per_s_batch_large_cache"] / figures["sampling_images_per_s_batch_large_guided"]
+    )
     if args.profile:  # prompts: the large batch, from the last turn of the loop above
-        print(profile_sampling(model, dvae, prompts, device))
+        with precision_context(precision, device):
+            print(profile_sampling(model, dvae, prompts, device))
     figures["large_batch"] = args.large_batch
+    figures["guidance"] = args.guidance
     if device.type == "cuda":
         figures["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     else:  # ru_maxrss is KiB on Linux, bytes on macOS
@@ -149,13 +192,17 @@ def measure(args):
 def print_table(f):
     large = f["large_batch"]
     rows = [
-        ("device", f"{f['device']} ({f['threads']} threads)"),
-        ("matmul peak (fp32)", f"{f['matmul_peak_flops'] / 1e9:.1f} GFLOP/s"),
+        ("device", f"{f['device']} ({f['threads']} threads), precision {f['precision']}"),
+        ("machine", f"{f['machine_name']}; fast bf16: {'yes' if f['machine_fast_bf16'] else 'no'}"),
+        (
+            "matmul peak",
+            f"{f['matmul_peak_flops'] / 1e9:.1f} GFLOP/s fp32, {f['matmul_peak_flops_bf16'] / 1e9:.1f} bf16",
+        ),
         ("dVAE training", f"{f['dvae_train_images_per_s']:.0f} images/s"),
         (
             "transformer training",
             f"{f['transformer_train_tokens_per_s']:,.0f} tokens/s, "
-            f"{f['transformer_train_flops'] / 1e9:.1f} GFLOP/s = {f['transformer_share_of_peak']:.0%} of peak",
+            f"{f['transformer_train_flops'] / 1e9:.1f} GFLOP/s = {f['transformer_share_of_peak']:.0%} of fp32 peak",
         ),
         (
             "sampling, batch 1",
@@ -165,20 +212,60 @@ def print_table(f):
         (
             f"sampling, batch {large}",
             f"{f['sampling_images_per_s_batch_large_cache']:.0f} images/s with KV cache, "
-            f"{f['sampling_images_per_s_batch_large_no_cache']:.0f} without",
+            f"{f['sampling_images_per_s_batch_large_no_cache']:.0f} without; guided (S={f['guidance']}) "
+            f"{f['sampling_images_per_s_batch_large_guided']:.0f}, {f['guided_cost']:.2f}x the time",
         ),
         ("peak memory", f"{f['peak_memory_bytes'] / 2**20:.0f} MiB"),
     ]
     print_rows(rows)
 
 
+COMPARED = (  # (figure, what it is); higher is better for each
+    ("dvae_train_images_per_s", "dVAE training, images/s"),
+    ("transformer_train_tokens_per_s", "transformer training, tokens/s"),
+    ("sampling_images_per_s_batch1_cache", "sampling batch 1, images/s"),
+    ("sampling_images_per_s_batch_large_cache", "sampling large batch, images/s"),
+    ("sampling_images_per_s_batch_large_no_cache", "sampling large batch, no cache"),
+)
+
+
+def measure_reference(reference, args):
+    """Run REF/benchmark.py in its own folder and process with the same sizes; its bench.json figures."""
+    script = Path(reference) / "benchmark.py"
+    if not script.is_file():
+        raise UserError(f"--compare {reference}: no benchmark.py there; give a checkout of this project")
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, str(script.resolve()), "--output_dir", folder, "--device", args.device,
+                   "--steps", str(args.steps), "--large_batch", str(args.large_batch)]  # fmt: skip
+        print(f"measuring the reference: {' '.join(command)}", file=sys.stderr)
+        done = subprocess.run(command, cwd=reference, stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise UserError(f"--compare {reference}: its benchmark.py failed (exit {done.returncode})")
+        return json.loads((Path(folder) / "bench.json").read_text())
+
+
+def print_comparison(reference, figures, reference_path):
+    rows = [("measured side by side", f"this checkout / {reference_path}, same machine, one run")]
+    rows += [
+        (what, f"{figures[key]:,.1f} / {reference[key]:,.1f} = {figures[key] / reference[key]:.2f}x")
+        for key, what in COMPARED
+        if key in figures and key in reference
+    ]
+    print_rows(rows)
+
+
 def main():
     args = parse_args()
+    reference = measure_reference(args.compare, args) if args.compare else None
     figures = measure(args)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if reference:
+        figures["reference"] = reference | {"path": str(args.compare)}
     (output_dir / "bench.json").write_text(json.dumps(figures, indent=2) + "\n")
     print_table(figures)
+    if reference:
+        print_comparison(reference, figures, args.compare)
     print(f"wrote {output_dir / 'bench.json'}")
 
 

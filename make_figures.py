@@ -194,7 +194,13 @@ def samples_figure(path, checkpoint_path):
     text = torch.tensor([tokenizer.encode(p) for p in prompts])
     generator = torch.Generator().manual_seed(0)
     images = generate_images(
-        model, dvae, text, SAMPLING_TEMPERATURE, None, generator, reranker=reranker, candidates=CANDIDATES
+        model,
+        dvae,
+        text,
+        generator=generator,
+        reranker=reranker,
+        candidates=CANDIDATES,
+        temperature=SAMPLING_TEMPERATURE,
     )
     save_labelled_grid(images, prompts, path)
 
@@ -215,7 +221,13 @@ def zero_shot_figure(path, checkpoint_path, per_pair=2):
     text = torch.tensor([tokenizer.encode(p) for p in prompts])
     generator = torch.Generator().manual_seed(0)
     images = generate_images(
-        model, dvae, text, SAMPLING_TEMPERATURE, None, generator, reranker=reranker, candidates=CANDIDATES
+        model,
+        dvae,
+        text,
+        generator=generator,
+        reranker=reranker,
+        candidates=CANDIDATES,
+        temperature=SAMPLING_TEMPERATURE,
     )
     figure, axes = plt.subplots(len(rows) * per_pair, 10, figsize=(12, 1.45 * len(rows) * per_pair))
     for ax, image, prompt in zip(axes.flat, images, prompts):

@@ -6,29 +6,55 @@ rerank.py scores images against prompts. This module is the pipeline the scripts
 
 import torch
 
-from rerank import rerank
+from rerank import ACCEPT, rerank
+
+
+@torch.no_grad()
+def draw(model, dvae, text, prime=None, generator=None, **sampling):
+    """text (B, T), prime (B, P) or None -> images (B, C, S, S) in [0, 1], float32.
+
+    sampling: DallE.generate's options (temperature, top_k, top_p, guidance, use_cache).
+    """
+    return dvae.decode(model.generate(text, prime=prime, generator=generator, **sampling)).float()
 
 
 @torch.no_grad()
 def generate_images(
-    model,
-    dvae,
-    text,
-    temperature=1.0,
-    top_k=None,
-    generator=None,
-    use_cache=True,
-    reranker=None,
-    candidates=1,
-    keep="first",
+    model, dvae, text, prime=None, generator=None, reranker=None, candidates=1, keep="first", **sampling
 ):
     """text (B, T) -> images (B, C, S, S) in [0, 1].
 
-    With a reranker, each prompt gets `candidates` draws and keeps one: the first the reranker
-    accepts as showing the prompt, or its favourite (paper section 2.3; see rerank.py).
+    With a reranker, each prompt gets up to `candidates` draws and keeps one (paper section 2.3;
+    see rerank.py): keep="first", the first the reranker accepts as showing the prompt, else its
+    favourite; keep="best", its favourite of all `candidates`.
     """
     if reranker is None or candidates == 1:
-        return dvae.decode(model.generate(text, temperature, top_k, generator, use_cache))
+        return draw(model, dvae, text, prime, generator, **sampling)
+    if keep == "first":
+        return first_accepted(model, dvae, text, prime, generator, reranker, candidates, **sampling)
     drawn = text.repeat_interleave(candidates, dim=0)  # (B * candidates, T), each prompt's draws adjacent
-    images = dvae.decode(model.generate(drawn, temperature, top_k, generator, use_cache))
-    return rerank(images, text, reranker, candidates, keep)
+    primes = None if prime is None else prime.repeat_interleave(candidates, dim=0)
+    return rerank(draw(model, dvae, drawn, primes, generator, **sampling), text, reranker, candidates, "best")
+
+
+@torch.no_grad()
+def first_accepted(model, dvae, text, prime, generator, reranker, candidates, **sampling):
+    """Draw in rounds of one candidate per prompt; a prompt stops drawing once the reranker accepts one.
+
+    The same choice as drawing all candidates and keeping the first accepted (rerank.py), but the
+    prompts the first draw already satisfies (most of them) cost one draw, not `candidates`.
+    """
+    B = len(text)
+    wanted = reranker.concept_of(text)  # (B,) the concept each prompt asks for
+    kept, kept_p = None, torch.full((B,), -1.0, device=text.device)
+    pending = torch.arange(B, device=text.device)  # prompts still without an accepted candidate
+    for _ in range(candidates):
+        images = draw(model, dvae, text[pending], None if prime is None else prime[pending], generator, **sampling)
+        kept = images.new_zeros(B, *images.shape[1:]) if kept is None else kept
+        p = reranker.concept_probabilities(images).float()[torch.arange(len(pending)), wanted[pending]]
+        better = p > kept_p[pending]
+        kept[pending[better]], kept_p[pending[better]] = images[better], p[better]
+        pending = pending[kept_p[pending] <= ACCEPT]
+        if len(pending) == 0:
+            break
+    return kept

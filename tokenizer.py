@@ -46,6 +46,10 @@ class Tokenizer:
         ids = [self.ids[w] for w in words]
         return ids + [len(self.words) + i for i in range(len(ids), self.text_length)]
 
+    def null_prompt(self):
+        """The empty prompt, all padding: what classifier-free guidance conditions on (dall_e.py)."""
+        return [len(self.words) + i for i in range(self.text_length)]
+
     def decode(self, ids):
         """Token ids -> the prompt's words, padding dropped."""
         return " ".join(self.vocabulary[i] for i in ids if i < len(self.words))

@@ -22,7 +22,6 @@ from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
 from errors import run_main
 from training import (
     Loop,
-    autocast,
     cosine,
     finish_run,
     fit,
@@ -66,7 +65,7 @@ def main():
     dataset = choose_dataset(args.dataset, resumed and resumed.get("dataset", "mnist"), output_dir / "latest.pt")
     config = experiment_config(args, "train_dvae", dataset, stored=resumed and resumed["config"])
     t = config.train_dvae
-    run = start_run(args.device, args.seed, t.batch_size)
+    run = start_run(args.device, args.seed, t.batch_size, args.precision)
     (train_images, train_labels), (validation_images, validation_labels) = load_train_and_validation(
         dataset.source, args.data_dir, config.dvae.image_size, log=run.log
     )
@@ -130,7 +129,7 @@ def main():
         ("loss", "mse", "tau", "ppl"),
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    fit(loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step, autocast(run, args.bf16))
+    fit(loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step)
     run.log(f"done: {output_dir / 'latest.pt'}")
     finish_run(run, model)
 

@@ -42,7 +42,6 @@ from sampling import generate_images
 from tokenizer import Tokenizer
 from training import (
     Loop,
-    autocast,
     cosine,
     finish_run,
     fit,
@@ -135,6 +134,13 @@ def train_reranker(images, labels, dataset, captions, shape, device, steps=600, 
     return model.eval().requires_grad_(False)
 
 
+def drop_prompts(text, null_prompt, probability, generator):
+    """text (B, T) with each row replaced by null_prompt (T,) with this probability: the model also learns
+    images unconditioned, which classifier-free guidance (dall_e.py) contrasts with conditioned ones."""
+    dropped = torch.rand(len(text), generator=generator) < probability  # (B,)
+    return torch.where(dropped[:, None], null_prompt, text)
+
+
 def make_ema(model, decay, resumed):
     """An exponential moving average of the weights (None when decay is 0), restored on --resume."""
     if decay == 0:
@@ -172,10 +178,11 @@ def main():
     t = config.train_dall_e
     dvae = dvae_from_checkpoint(dvae_checkpoint)
     check_dvae_matches(dvae.config, config.dvae, args.dvae_checkpoint)
-    run = start_run(args.device, args.seed, t.batch_size)
+    run = start_run(args.device, args.seed, t.batch_size, args.precision)
     dvae.to(run.device)
     tokenizer = Tokenizer(dataset.words(), config.dall_e.text_length)
     captions = caption_table(dataset, tokenizer)  # (concepts, P, T)
+    null_prompt = torch.tensor(tokenizer.null_prompt())  # (T,)
     (train_images, train_labels), (validation_images, validation_labels) = load_train_and_validation(
         dataset.source, args.data_dir, config.dvae.image_size, log=run.log
     )
@@ -221,7 +228,8 @@ def main():
         labels = train_labels[index]
         colours = random_colours(labels, allowed, generator)
         phrasing = torch.randint(0, captions.shape[1], (len(index),), generator=generator)
-        text = captions[concept_index(dataset, labels, colours), phrasing].to(run.device)
+        text = captions[concept_index(dataset, labels, colours), phrasing]  # (B, T)
+        text = drop_prompts(text, null_prompt, t.null_prompt_prob, generator).to(run.device)
         out = ddp_model(text, train_codes[index, colours].to(run.device), t.text_loss_weight)
         return {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"], "lr": lr}
 
@@ -276,7 +284,6 @@ def main():
         make_checkpoint,
         on_sample,
         start_step,
-        autocast(run, args.bf16),
         after_step,
     )
     run.log(f"done: {output_dir / 'latest.pt'}")

@@ -5,7 +5,6 @@ process trains on its own share of every batch (DistributedDataParallel, gloo on
 CUDA) and rank 0 alone writes logs, grids and checkpoints.
 """
 
-import contextlib
 import math
 import os
 import sys
@@ -18,7 +17,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import pick_device, save_checkpoint
+from common import pick_device, precision_context, resolve_precision, save_checkpoint
 from errors import UserError
 
 
@@ -35,6 +34,7 @@ class Run:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    precision: str = "fp32"  # or "bf16": autocast around every training step (common.precision_context)
 
     @property
     def is_main(self):
@@ -45,8 +45,8 @@ class Run:
             tqdm.write(message)
 
 
-def start_run(device_name, seed, batch_size):
-    """Pick the device, join torchrun's process group if there is one, seed every process."""
+def start_run(device_name, seed, batch_size, precision="fp32"):
+    """Pick the device and precision, join torchrun's process group if there is one, seed every process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         run = Run(pick_device(device_name))
@@ -61,6 +61,8 @@ def start_run(device_name, seed, batch_size):
     if batch_size % run.world_size:
         raise UserError(f"batch_size {batch_size} must be divisible by the {run.world_size} processes")
     torch.manual_seed(seed + run.rank)
+    run.precision = resolve_precision(precision, run.device)
+    run.log(f"device {run.device}, {run.world_size} process(es), precision {run.precision}")
     return run
 
 
@@ -89,14 +91,6 @@ def wrap(model, run):
     if run.world_size == 1:
         return model
     return DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-
-
-def autocast(run, bf16):
-    if not bf16:
-        return contextlib.nullcontext()
-    if run.device.type != "cuda":
-        raise UserError("--bf16 needs a CUDA device; leave it off on CPU and MPS")
-    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def rng_state():
@@ -184,7 +178,6 @@ def fit(
     make_checkpoint,
     on_sample,
     start_step=0,
-    precision=None,
     after_step=None,
 ):
     """Optimise from start_step to loop.total_steps.
@@ -212,7 +205,7 @@ def fit(
     bar = tqdm(total=loop.total_steps, initial=start_step, desc=loop.name, disable=not run.is_main, dynamic_ncols=True)
     try:
         while step < loop.total_steps:
-            with precision or contextlib.nullcontext():
+            with precision_context(run.precision, run.device):
                 metrics = train_step(step)
             loss = metrics["loss"]
             shown = {

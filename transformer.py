@@ -24,10 +24,17 @@ on p, no wrap-around (and q itself). Row is the same under both anchors.
 
 Layer i (1-based) uses column attention if (i - 2) mod 4 == 0, row attention otherwise, and
 the last layer convolutional attention, as in the paper. The masks are built once as boolean
-tensors and sliced to the positions at hand; attention runs through
-F.scaled_dot_product_attention. A KV cache makes sampling cost one position's work per token,
-and in row and column layers a new token reads only the few cached keys its mask allows.
+tensors and sliced to the positions at hand. On a CPU attention is written out (scores, mask,
+softmax in float32, weighted sum, `attend`): for these short masked sequences that is faster
+than F.scaled_dot_product_attention's fused CPU kernel, whose backward pass was 57% of a
+training step (docs/engineering.md); on CUDA it runs through F.scaled_dot_product_attention.
+Dropout acts on the residual branches only, not on the attention weights: drawing a random mask
+over every (query, key) pair cost a fifth of each step.
+A KV cache makes sampling cost one position's work per token, and in row and column layers a
+new token reads only the few cached keys its mask allows.
 """
+
+import math
 
 import torch
 import torch.nn as nn
@@ -98,13 +105,23 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (B, nh, end, hs)
 
 
+def attend(q, k, v, mask):
+    """softmax(q k^T / sqrt(hs), masked) v: (B, nh, T, hs) queries over (B, nh, L, hs) keys -> (B, nh, T, hs)."""
+    if q.device.type == "cuda":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.float().softmax(dim=-1).to(v.dtype) @ v  # softmax in float32, also under bf16 autocast
+
+
 class SelfAttention(nn.Module):
     def __init__(self, c: DallEConfig):
         super().__init__()
         self.n_head = c.n_head
         self.qkv = nn.Linear(c.n_embd, 3 * c.n_embd)
         self.proj = nn.Linear(c.n_embd, c.n_embd)
-        self.dropout = c.dropout
+        self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, x, mask, cache=None, layer=0, start=0, keys=None):
         q, k, v = rearrange(
@@ -114,10 +131,8 @@ class SelfAttention(nn.Module):
             k, v = cache.update(layer, start, k, v)  # (B, nh, start + T, hs)
         if keys is not None:  # one new token under a sparse mask: read only the keys it allows
             k, v, mask = k.index_select(2, keys), v.index_select(2, keys), None  # (B, nh, A, hs)
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, nh, T, hs)
-        y = rearrange(y, "b h t d -> b t (h d)")  # (B, T, D): the heads side by side again
-        return F.dropout(self.proj(y), dropout, self.training)
+        y = rearrange(attend(q, k, v, mask), "b h t d -> b t (h d)")  # (B, T, D): the heads side by side again
+        return self.dropout(self.proj(y))
 
 
 class Block(nn.Module):

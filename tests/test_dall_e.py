@@ -83,13 +83,13 @@ def test_cached_and_uncached_sampling_give_identical_tokens():
 def test_top_k_is_a_count_of_tokens_kept():
     logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]]).repeat(200, 1)
     generator = torch.Generator().manual_seed(0)
-    assert sample_token(logits, 1.0, 1, generator).eq(1).all()
-    drawn = sample_token(logits, 1.0, 3, generator)
+    assert sample_token(logits, 1.0, 1, generator=generator).eq(1).all()
+    drawn = sample_token(logits, 1.0, 3, generator=generator)
     assert set(drawn.tolist()) <= {1, 2, 3}
-    assert set(sample_token(logits, 100.0, None, generator).tolist()) == {0, 1, 2, 3, 4}
+    assert set(sample_token(logits, 100.0, None, generator=generator).tolist()) == {0, 1, 2, 3, 4}
     tied = torch.tensor([[2.0, 5.0, 5.0, 5.0, 1.0]]).repeat(200, 1)
-    assert len(set(sample_token(tied, 1.0, 1, generator).tolist())) == 1  # ties keep exactly k, not all tied
-    assert len(set(sample_token(tied, 1.0, 2, generator).tolist())) == 2
+    assert len(set(sample_token(tied, 1.0, 1, generator=generator).tolist())) == 1  # ties keep exactly k, not all tied
+    assert len(set(sample_token(tied, 1.0, 2, generator=generator).tolist())) == 2
 
 
 def test_training_set_gains_moved_copies_of_every_digit():
