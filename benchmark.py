@@ -13,8 +13,8 @@ sampling run at --precision (auto: bf16 where the device computes it fast).
 --compare REF runs REF/benchmark.py first, in its own folder and process, then this one, on
 the same machine minutes apart, and prints both with the ratio this / REF: speed claims are
 ratios measured side by side, never absolute times from another day or machine.
-With --profile it also prints where one cached sampling run at --large_batch spends its time,
-by operation, from torch.profiler.
+With --profile it also prints where dVAE training and one cached sampling run at --large_batch
+spend their time, by operation, from torch.profiler.
 """
 
 import argparse
@@ -47,11 +47,13 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per model (default: %(default)s)")
     parser.add_argument("--output_dir", default="output/bench", help="default: %(default)s")
     parser.add_argument("--device", default="auto", help="default: %(default)s")
-    parser.add_argument("--profile", action="store_true", help="also profile sampling at --large_batch")
+    parser.add_argument("--profile", action="store_true", help="also profile dVAE training and sampling")
     parser.add_argument(
         "--guidance", type=float, default=3.0, help="the guided sampling's scale (default: %(default)s)"
     )
-    parser.add_argument("--compare", metavar="REF", help="a checkout of this project to measure first, side by side")
+    parser.add_argument(
+        "--compare", metavar="REF", help="a checkout of this project to measure first, side by side (optional)"
+    )
     add_precision_flag(parser)
     return parser.parse_args(argv)
 
@@ -112,11 +114,11 @@ def transformer_flops_per_token(model, context):
     return 6 * weights + 3 * attention
 
 
-def profile_sampling(model, dvae, prompts, device, rows=10):
-    """torch.profiler's table of the operations one cached sampling run spends most time in."""
+def profiled(work, device, rows=10):
+    """torch.profiler's table of the operations work() spends most time in."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
-        generate_images(model, dvae, prompts)
+        work()
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return profiler.key_averages().table(sort_by=key, row_limit=rows)
 
@@ -152,6 +154,9 @@ def measure(args):
     images = torch.rand(b, config.dvae.channels, config.dvae.image_size, config.dvae.image_size, device=device)
     seconds = train_speed(dvae, lambda: (images, 0.5, 1.0), device, args.steps, precision)
     figures["dvae_train_images_per_s"] = b / seconds
+    if args.profile:
+        five_steps = profiled(lambda: train_speed(dvae, lambda: (images, 0.5, 1.0), device, 5, precision), device)
+        profiles = {"dVAE training, 5 steps": five_steps}
     bar.update()
 
     tokenizer = Tokenizer(DATASETS["mnist"].words(), config.dall_e.text_length)
@@ -177,7 +182,11 @@ def measure(args):
     )
     if args.profile:  # prompts: the large batch, from the last turn of the loop above
         with precision_context(precision, device):
-            print(profile_sampling(model, dvae, prompts, device))
+            profiles[f"sampling, batch {len(prompts)}"] = profiled(
+                lambda: generate_images(model, dvae, prompts), device
+            )
+        for name, table in profiles.items():
+            print(f"{name}:\n{table}")
     figures["large_batch"] = args.large_batch
     figures["guidance"] = args.guidance
     if device.type == "cuda":

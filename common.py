@@ -8,6 +8,7 @@ rename), so a kill at any moment leaves the previous file intact.
 
 import contextlib
 import dataclasses
+import fcntl
 import math
 import os
 import pickle
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from captions import DATASETS, get_dataset
-from config import Config, DallEConfig, DVAEConfig, from_dict, load_config
+from captions import DATASETS, caption_table, get_dataset
+from config import Config, DVAEConfig, from_dict, load_config, validate
 from dall_e import DallE
 from dvae import DiscreteVAE
 from errors import UserError
@@ -50,7 +51,9 @@ def add_common_flags(parser, output_dir):
     parser.add_argument(
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, help="random seed; it fixes the batch order (default: 0, or the resumed run's)"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -152,11 +155,17 @@ def add_sampling_flags(parser, batch_size):
     add_precision_flag(parser)
 
 
+MAX_CANDIDATES = 512  # the paper's largest number of draws per caption
+
+
 def check_sampling_args(args, codebook_size):
     """One line naming the first bad sampling flag."""
-    for flag in ("candidates", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if not 1 <= args.candidates <= MAX_CANDIDATES:
+        raise UserError(
+            f"--candidates must be between 1 and {MAX_CANDIDATES} (the paper's most), got {args.candidates}"
+        )
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     if not args.temperature > 0:
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
     if args.top_k is not None and not 1 <= args.top_k <= codebook_size:
@@ -187,8 +196,15 @@ def dataset_config_path(dataset):
     return path if path.is_file() else None
 
 
+RESUMABLE_CHANGES = ("sample_every", "checkpoint_seconds")  # what --resume may change: it keeps the run exact
+
+
 def experiment_config(args, section, dataset, stored=None):
-    """The config for a run: the YAML (or a resumed checkpoint's config), then flags; checked against the dataset."""
+    """The config for a run: the YAML (or a resumed checkpoint's config), then flags; checked against the dataset.
+
+    A resumed run keeps its stored config: a --set or flag that would change anything but when it
+    samples and saves is refused, as a changed value would make the resumed run another run.
+    """
     overrides = list(args.set)
     for flag in ("num_training_steps", "batch_size"):
         if getattr(args, flag, None) is not None:
@@ -196,9 +212,31 @@ def experiment_config(args, section, dataset, stored=None):
     if stored is None:
         config = load_config(args.config_path or dataset_config_path(dataset), overrides)
     else:
+        if args.config_path:  # the same file again is fine; one that changes the run is not
+            check_unchanged(config_from_dict(stored), load_config(args.config_path, overrides))
         config = load_config(None, overrides, base=config_from_dict(stored))
+        check_unchanged(config_from_dict(stored), config)
     check_config_fits(config, dataset)
     return config
+
+
+def check_unchanged(stored, config):
+    for part in dataclasses.fields(Config):
+        old, new = dataclasses.asdict(getattr(stored, part.name)), dataclasses.asdict(getattr(config, part.name))
+        for key in old:
+            if old[key] != new[key] and key not in RESUMABLE_CHANGES:
+                raise UserError(
+                    f"--resume keeps the run's config, but {part.name}.{key} would change from {old[key]} to "
+                    f"{new[key]}; drop that setting, or start a new run in another --output_dir"
+                )
+
+
+def resume_seed(args, resumed):
+    """The run's seed: --seed, or the resumed run's (a different one would change the batch order)."""
+    stored = resumed.get("seed") if resumed else None
+    if args.seed is not None and stored is not None and args.seed != stored:
+        raise UserError(f"the run being resumed used --seed {stored}; leave --seed out or pass --seed {stored}")
+    return args.seed if args.seed is not None else (stored or 0)
 
 
 def check_config_fits(config, dataset):
@@ -217,7 +255,13 @@ def check_config_fits(config, dataset):
 
 
 def config_from_dict(values):
-    return Config(**{f.name: from_dict(f.type, values.get(f.name, {})) for f in dataclasses.fields(Config)})
+    """A checkpoint's stored config -> Config, every section, key and type checked (config.from_dict)."""
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if not isinstance(values, dict) or set(values) - set(sections):
+        raise UserError(f"the checkpoint's config is not one this code knows (sections: {', '.join(sections)})")
+    config = Config(**{f.name: from_dict(f.type, values.get(f.name, {})) for f in dataclasses.fields(Config)})
+    validate(config)
+    return config
 
 
 def pick_device(name):
@@ -263,10 +307,24 @@ def atomic_write(path, write):
 
 def save_checkpoint(payload, path):
     """Write atomically: a kill mid-write leaves the previous file at `path` untouched."""
-    path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
     atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def lock_output_dir(path):
+    """Hold OUTPUT_DIR/.lock for as long as this process runs: a second trainer on the same folder is
+    refused with one line instead of interleaving checkpoints. The lock (flock) dies with its process,
+    so a killed run never leaves a stale one. Then sweep temporary files that killed writers left."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"another run is writing to {path}; wait for it or choose another --output_dir")
+    for stale in path.glob(".*.tmp"):  # no other writer holds the folder: these are left by killed ones
+        stale.unlink(missing_ok=True)
+    return handle  # keep it open: closing it releases the lock
 
 
 def check_output_dir(path):
@@ -301,12 +359,36 @@ def load_checkpoint(path, kind):
     return checkpoint
 
 
-def dvae_from_checkpoint(checkpoint):
+def load_weights(model, state, source):
+    """model.load_state_dict(state), or one line saying that `source` does not fit this code's model."""
+    if not isinstance(state, dict):
+        raise UserError(f"{source} holds no weights where they belong; it is damaged or from another version")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:200]
+        raise UserError(f"{source} does not fit this code's model (edited, or from another version): {detail}")
+
+
+def check_finite_weights(model, source):
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
+    if bad:
+        raise UserError(f"{source} has non-finite (NaN or inf) weights in {bad[0]}; retrain it or use another one")
+
+
+def checkpoint_part(checkpoint, key, source):
+    if key not in checkpoint:
+        raise UserError(f"{source} has no '{key}' entry: it is damaged or from another version of this project")
+    return checkpoint[key]
+
+
+def dvae_from_checkpoint(checkpoint, source="the dVAE checkpoint"):
     """Rebuild the frozen dVAE from a dVAE checkpoint or from the copy inside a DALL-E checkpoint."""
-    part = checkpoint["dvae"] if checkpoint["kind"] == "dall_e" else checkpoint
-    config = from_dict(DVAEConfig, part["dvae_config"])
+    part = checkpoint_part(checkpoint, "dvae", source) if checkpoint["kind"] == "dall_e" else checkpoint
+    config = from_dict(DVAEConfig, checkpoint_part(part, "dvae_config", source))
     model = DiscreteVAE(config)
-    model.load_state_dict(part["model"])
+    load_weights(model, checkpoint_part(part, "model", source), source)
+    check_finite_weights(model, source)
     return model.eval().requires_grad_(False)
 
 
@@ -318,8 +400,8 @@ def check_dvae_matches(dvae_config: DVAEConfig, expected: DVAEConfig, source):
             raise UserError(f"dVAE checkpoint {source} has {name}={have} but the config's dvae.{name} is {want}")
 
 
-def dall_e_config_of(checkpoint):
-    return from_dict(DallEConfig, checkpoint["config"]["dall_e"])
+def dall_e_config_of(checkpoint, source="the DALL-E checkpoint"):
+    return config_from_dict(checkpoint_part(checkpoint, "config", source)).dall_e
 
 
 def dataset_of(checkpoint):
@@ -327,16 +409,19 @@ def dataset_of(checkpoint):
     return get_dataset(checkpoint.get("dataset", "mnist"))
 
 
-def dall_e_from_checkpoint(checkpoint):
+def dall_e_from_checkpoint(checkpoint, source="the DALL-E checkpoint"):
     """(model, dvae, tokenizer) rebuilt from a DALL-E checkpoint alone, ready for sampling."""
-    config = dall_e_config_of(checkpoint)
-    words = [w for w in checkpoint["vocabulary"] if not w.startswith("<pad")]
+    config = dall_e_config_of(checkpoint, source)
+    vocabulary = checkpoint_part(checkpoint, "vocabulary", source)
+    words = [w for w in vocabulary if isinstance(w, str) and not w.startswith("<pad")]
     tokenizer = Tokenizer(words, config.text_length)
-    if tokenizer.vocabulary != checkpoint["vocabulary"]:
-        raise UserError("the checkpoint's vocabulary is not one this code's tokenizer makes; another version made it")
-    dvae = dvae_from_checkpoint(checkpoint)
+    if tokenizer.vocabulary != vocabulary:
+        raise UserError(f"{source}'s vocabulary is not one this code's tokenizer makes; another version made it")
+    dvae = dvae_from_checkpoint(checkpoint, source)
     model = DallE(config, dvae.config, tokenizer.vocab_size)
-    model.load_state_dict(checkpoint.get("ema_model", checkpoint["model"]))  # the moving average, where kept
+    weights = checkpoint.get("ema_model", checkpoint_part(checkpoint, "model", source))  # the moving average, if kept
+    load_weights(model, weights, source)
+    check_finite_weights(model, source)
     return model.eval(), dvae, tokenizer
 
 
@@ -345,6 +430,44 @@ def reranker_from_checkpoint(checkpoint, path):
     if "reranker" not in checkpoint:
         raise UserError(f"{path} holds no reranker (an older train_mnist.py made it); use --candidates 1 or retrain")
     return reranker_from_state(checkpoint["reranker"])
+
+
+def available_memory():
+    """Bytes of memory free for this process now (physical memory where the OS does not say)."""
+    pages = os.sysconf("SC_AVPHYS_PAGES") if "SC_AVPHYS_PAGES" in os.sysconf_names else os.sysconf("SC_PHYS_PAGES")
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def sampling_memory(images, rows, model, dvae):
+    """Rough bytes a sampling request holds at once: every image kept (float32, twice while saving)
+    plus, for one batch of `rows` sequences, the KV cache and the decoder's widest activations."""
+    c, d = model.config, dvae.config
+    kept = 2 * images * d.channels * d.image_size**2 * 4
+    cache = 2 * c.n_layer * rows * model.transformer.max_length * c.n_embd * 4
+    decoding = 4 * rows * d.hidden_dim * 2 * d.image_size**2 * 4
+    return kept + cache + decoding
+
+
+def check_request_fits(images, rows, model, dvae):
+    """Refuse with one line, before any work, a request this machine's memory cannot hold."""
+    needed, free = sampling_memory(images, rows, model, dvae), available_memory()
+    if needed > free:
+        raise UserError(
+            f"{images:,} images in batches of {rows:,} sequences need about {needed / 2**30:.1f} GiB of memory, "
+            f"more than the {free / 2**30:.1f} GiB free; ask for fewer images or a smaller --batch_size"
+        )
+
+
+def check_trained_prompts(tokenizer, dataset, prompts, text):
+    """Refuse a prompt that is none of the captions the model was trained on (held-out pairs included)."""
+    known = {tuple(row.tolist()) for row in caption_table(dataset, tokenizer).flatten(0, 1)}
+    for prompt, ids in zip(prompts, text):
+        if tuple(ids.tolist()) not in known:
+            examples = ", ".join(repr(dataset.canonical(c)) for c in dataset.concepts[:3])
+            raise UserError(
+                f"the model was not trained on prompts like {prompt!r}: it knows one {dataset.name} caption at a time, "
+                f"such as {examples}"
+            )
 
 
 def encode_prompts(tokenizer, prompts):

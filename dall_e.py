@@ -60,8 +60,8 @@ class DallE(nn.Module):
         image_loss = F.cross_entropy(image_logits.flatten(0, 1), image_tokens.flatten())
         if text.shape[1] > 1:
             text_loss = F.cross_entropy(text_logits.flatten(0, 1), text[:, 1:].flatten())
-        else:
-            text_loss = image_loss.new_zeros(())  # one text slot: nothing to predict
+        else:  # one text slot: nothing to predict; the zero keeps the text head in the graph for DDP
+            text_loss = text_logits.sum() * 0.0
         return {
             "loss": text_loss_weight * text_loss + (1 - text_loss_weight) * image_loss,
             "text_loss": text_loss,

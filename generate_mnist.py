@@ -31,7 +31,9 @@ from common import (
     atomic_write,
     check_dvae_matches,
     check_output_dir,
+    check_request_fits,
     check_sampling_args,
+    check_trained_prompts,
     dall_e_from_checkpoint,
     dataset_of,
     dvae_from_checkpoint,
@@ -74,13 +76,13 @@ def parse_args(argv=None):
         "--prime_image",
         metavar="FILE",
         help="image completion: keep the top --prime_rows token rows of this image (PNG, JPEG, WebP, GIF; any "
-        "size, grey or colour) and draw the rest under each prompt",
+        "size, grey or colour) and draw the rest under each prompt (optional)",
     )
     primer.add_argument(
         "--prime_test_digit",
         type=int,
         metavar="I",
-        help="image completion from the I-th image of the validation split (held out from training)",
+        help="image completion from the I-th image of the validation split, held out from training (optional)",
     )
     parser.add_argument(
         "--prime_rows", type=int, help="token rows of the primer kept, 0 to the grid size (default: half the grid)"
@@ -208,19 +210,23 @@ def main():
     device = pick_device(args.device)
     check_output_dir(args.output_dir)
     checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
-    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
+    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint, args.dall_e_checkpoint)
     dataset = dataset_of(checkpoint)
     reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint) if args.candidates > 1 else None
     if args.dvae_checkpoint:
         own = dvae.config
-        dvae = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"))
+        dvae = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"), args.dvae_checkpoint)
         check_dvae_matches(dvae.config, own, args.dvae_checkpoint)
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples_per_prompt must be >= 1, got {args.samples_per_prompt}")
     check_sampling_args(args, dvae.config.codebook_size)
     primed = check_priming(args, dvae.config.grid_size)
-    prompts = [p for p in read_prompts(args, dataset) for _ in range(args.samples_per_prompt)]
-    text = encode_prompts(tokenizer, prompts)  # (N, T); unknown words fail here, before any work
+    asked = read_prompts(args, dataset)
+    rows = args.batch_size * (2 if args.guidance != 1 else 1) * (args.candidates if args.keep == "best" else 1)
+    check_request_fits(len(asked) * args.samples_per_prompt, rows, model, dvae)
+    check_trained_prompts(tokenizer, dataset, asked, encode_prompts(tokenizer, asked))  # before any work
+    prompts = [p for p in asked for _ in range(args.samples_per_prompt)]
+    text = encode_prompts(tokenizer, prompts)  # (N, T)
     model.to(device), dvae.to(device)
     prime, primer, kept_rows = None, None, None
     if primed:
@@ -229,6 +235,10 @@ def main():
         prime = dvae.encode(primer).flatten(1)[:, : rows * dvae.config.grid_size].expand(len(text), -1)  # (N, P)
         primer, kept_rows = primer[0].cpu(), rows * dvae.config.image_size // dvae.config.grid_size
     images = sample(model, dvae, text, args, device, reranker and reranker.to(device), prime)
+    if not images.isfinite().all():
+        raise UserError(
+            f"{args.dall_e_checkpoint} drew non-finite pixels (NaN); its weights are damaged, nothing written"
+        )
     output_dir = Path(args.output_dir)
     if primed:
         figure = completion_grid(images, prompts, primer, kept_rows, args.samples_per_prompt)

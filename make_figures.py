@@ -19,6 +19,7 @@ from matplotlib.patches import FancyArrowPatch, Rectangle
 from captions import as_seen
 from common import (
     CANDIDATES,
+    GUIDANCE,
     SAMPLING_TEMPERATURE,
     dall_e_from_checkpoint,
     dataset_of,
@@ -28,7 +29,7 @@ from common import (
 )
 from data import load_train_and_validation, to_float
 from errors import run_main
-from generate_mnist import default_prompts, save_labelled_grid
+from generate_mnist import completion_grid, default_prompts, labelled_grid
 from sampling import generate_images
 from train_dvae import save_reconstructions
 from transformer import MASK_KINDS, attention_mask, layer_mask_kinds
@@ -201,8 +202,9 @@ def samples_figure(path, checkpoint_path):
         reranker=reranker,
         candidates=CANDIDATES,
         temperature=SAMPLING_TEMPERATURE,
+        guidance=GUIDANCE,
     )
-    save_labelled_grid(images, prompts, path)
+    save(labelled_grid(images, prompts), path)
 
 
 @torch.no_grad()
@@ -228,6 +230,7 @@ def zero_shot_figure(path, checkpoint_path, per_pair=2):
         reranker=reranker,
         candidates=CANDIDATES,
         temperature=SAMPLING_TEMPERATURE,
+        guidance=GUIDANCE,
     )
     figure, axes = plt.subplots(len(rows) * per_pair, 10, figsize=(12, 1.45 * len(rows) * per_pair))
     for ax, image, prompt in zip(axes.flat, images, prompts):
@@ -237,6 +240,32 @@ def zero_shot_figure(path, checkpoint_path, per_pair=2):
     for r, (name, _) in enumerate(rows):
         axes[r * per_pair, 0].set_ylabel(name, fontsize=9)
     save(figure, path)
+
+
+@torch.no_grad()
+def completion_figure(path, checkpoint_path, data_dir, rows=3, per_prompt=6):
+    """Image completion (paper section 3.3): the top rows of a validation 7, completed under four prompts."""
+    checkpoint = load_checkpoint(checkpoint_path, "dall_e")
+    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
+    reranker = reranker_from_checkpoint(checkpoint, checkpoint_path)
+    c = dvae.config
+    _, (validation, labels) = load_train_and_validation("mnist", data_dir, c.image_size, log=lambda line: None)
+    primer = to_float(validation[labels == 7][:1])  # (1, 1, S, S)
+    prompts = [p for p in ("seven", "nine", "one", "four") for _ in range(per_prompt)]
+    prime = dvae.encode(primer).flatten(1)[:, : rows * c.grid_size].expand(len(prompts), -1)  # (N, rows * G)
+    text = torch.tensor([tokenizer.encode(p) for p in prompts])
+    images = generate_images(
+        model,
+        dvae,
+        text,
+        prime=prime,
+        generator=torch.Generator().manual_seed(0),
+        reranker=reranker,
+        candidates=CANDIDATES,
+        temperature=SAMPLING_TEMPERATURE,
+        guidance=GUIDANCE,
+    )
+    save(completion_grid(images, prompts, primer[0], rows * c.image_size // c.grid_size, per_prompt), path)
 
 
 def skipped(name, needs, command):
@@ -271,8 +300,9 @@ def main():
     if grids and (dall_e_dir / "latest.pt").is_file():
         samples_over_training_figure(docs / "samples_over_training.png", grids)
         samples_figure(docs / "dall_e_samples.png", dall_e_dir / "latest.pt")
+        completion_figure(docs / "completion.png", dall_e_dir / "latest.pt", args.data_dir)
     else:
-        skipped("samples_over_training.png and dall_e_samples.png", dall_e_dir, "python train_mnist.py")
+        skipped("samples_over_training.png, dall_e_samples.png, completion.png", dall_e_dir, "python train_mnist.py")
     colour, fashion = Path(args.colour_dir) / "latest.pt", Path(args.fashion_dir) / "latest.pt"
     if colour.is_file():
         zero_shot_figure(docs / "zero_shot.png", colour)

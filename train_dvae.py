@@ -16,7 +16,15 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from captions import as_seen
-from common import add_common_flags, add_training_flags, choose_dataset, experiment_config, load_checkpoint
+from common import (
+    add_common_flags,
+    add_training_flags,
+    choose_dataset,
+    experiment_config,
+    load_checkpoint,
+    lock_output_dir,
+    resume_seed,
+)
 from data import batch_indices, load_train_and_validation, to_float
 from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
 from errors import run_main
@@ -64,8 +72,10 @@ def main():
     resumed = load_checkpoint(output_dir / "latest.pt", "dvae") if args.resume else None
     dataset = choose_dataset(args.dataset, resumed and resumed.get("dataset", "mnist"), output_dir / "latest.pt")
     config = experiment_config(args, "train_dvae", dataset, stored=resumed and resumed["config"])
+    args.seed = resume_seed(args, resumed)
     t = config.train_dvae
     run = start_run(args.device, args.seed, t.batch_size, args.precision)
+    lock = lock_output_dir(output_dir) if run.is_main else None  # noqa: F841 (held until the process ends)
     (train_images, train_labels), (validation_images, validation_labels) = load_train_and_validation(
         dataset.source, args.data_dir, config.dvae.image_size, log=run.log
     )

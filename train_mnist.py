@@ -32,7 +32,9 @@ from common import (
     encode_prompts,
     experiment_config,
     load_checkpoint,
+    lock_output_dir,
     reranker_from_checkpoint,
+    resume_seed,
 )
 from dall_e import DallE, heldout_losses
 from data import batch_indices, load_train_and_validation, random_affine, to_float
@@ -64,7 +66,9 @@ def grid_prompts(dataset):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dvae_checkpoint", required=True, help="a dVAE checkpoint from train_dvae.py (required)")
+    parser.add_argument(
+        "--dvae_checkpoint", help="a dVAE checkpoint from train_dvae.py (required, except with --resume)"
+    )
     add_common_flags(parser, output_dir="output/dall_e")
     add_training_flags(parser)
     return parser.parse_args(argv)
@@ -160,25 +164,45 @@ def make_optimizer(model, t):
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(0.9, 0.95))
 
 
-def choose_run_dataset(args, dvae_checkpoint, resumed):
-    """The dVAE's dataset; --dataset, where given, and a resumed run must agree with it."""
-    dataset = choose_dataset(args.dataset, dvae_checkpoint.get("dataset", "mnist"), args.dvae_checkpoint)
-    if resumed and resumed.get("dataset", "mnist") != dataset.name:
-        raise UserError(f"{args.output_dir}/latest.pt was trained on {resumed['dataset']}, not {dataset.name}")
-    return dataset
+def choose_dvae(args, resumed):
+    """(the frozen dVAE, its dataset's name, where it came from): --dvae_checkpoint, or on --resume the
+    copy the run stored; a --dvae_checkpoint with other weights is refused then (it would re-tokenise)."""
+    if resumed:
+        source = Path(args.output_dir) / "latest.pt"
+        dvae = dvae_from_checkpoint(resumed, source)
+        if args.dvae_checkpoint:
+            given = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"), args.dvae_checkpoint)
+            same = given.state_dict().keys() == dvae.state_dict().keys() and all(
+                torch.equal(a, b) for a, b in zip(given.state_dict().values(), dvae.state_dict().values())
+            )
+            if not same:
+                raise UserError(
+                    f"{args.dvae_checkpoint} is not the dVAE the resumed run was trained with; "
+                    "leave --dvae_checkpoint out to resume with the run's own copy"
+                )
+        return dvae, resumed.get("dataset", "mnist"), resumed.get("dvae_checkpoint", str(source))
+    if not args.dvae_checkpoint:
+        raise UserError("--dvae_checkpoint is required (a dVAE from train_dvae.py); only --resume can leave it out")
+    checkpoint = load_checkpoint(args.dvae_checkpoint, "dvae")
+    return (
+        dvae_from_checkpoint(checkpoint, args.dvae_checkpoint),
+        checkpoint.get("dataset", "mnist"),
+        args.dvae_checkpoint,
+    )
 
 
 def main():
     args = parse_args()
     output_dir = Path(args.output_dir)
     resumed = load_checkpoint(output_dir / "latest.pt", "dall_e") if args.resume else None
-    dvae_checkpoint = load_checkpoint(args.dvae_checkpoint, "dvae")
-    dataset = choose_run_dataset(args, dvae_checkpoint, resumed)
+    dvae, dvae_dataset, dvae_source = choose_dvae(args, resumed)
+    dataset = choose_dataset(args.dataset, dvae_dataset, dvae_source)
     config = experiment_config(args, "train_dall_e", dataset, stored=resumed and resumed["config"])
     t = config.train_dall_e
-    dvae = dvae_from_checkpoint(dvae_checkpoint)
-    check_dvae_matches(dvae.config, config.dvae, args.dvae_checkpoint)
+    check_dvae_matches(dvae.config, config.dvae, dvae_source)
+    args.seed = resume_seed(args, resumed)
     run = start_run(args.device, args.seed, t.batch_size, args.precision)
+    lock = lock_output_dir(output_dir) if run.is_main else None  # noqa: F841 (held until the process ends)
     dvae.to(run.device)
     tokenizer = Tokenizer(dataset.words(), config.dall_e.text_length)
     captions = caption_table(dataset, tokenizer)  # (concepts, P, T)
@@ -259,7 +283,7 @@ def main():
             "config": dataclasses.asdict(config),
             "vocabulary": tokenizer.vocabulary,
             "dvae": {"dvae_config": dataclasses.asdict(dvae.config), "model": dvae.state_dict()},
-            "dvae_checkpoint": str(args.dvae_checkpoint),
+            "dvae_checkpoint": str(dvae_source),
             "model": model.state_dict(),
             "reranker": reranker_state(reranker),
             "optimizer": optimizer.state_dict(),

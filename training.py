@@ -7,6 +7,7 @@ CUDA) and rank 0 alone writes logs, grids and checkpoints.
 
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import pick_device, precision_context, resolve_precision, save_checkpoint
+from common import load_weights, pick_device, precision_context, resolve_precision, save_checkpoint
 from errors import UserError
 
 
@@ -35,14 +36,15 @@ class Run:
     rank: int = 0
     world_size: int = 1
     precision: str = "fp32"  # or "bf16": autocast around every training step (common.precision_context)
+    seed: int = 0
 
     @property
     def is_main(self):
         return self.rank == 0
 
-    def log(self, message):
+    def log(self, message, error=False):
         if self.is_main:
-            tqdm.write(message)
+            tqdm.write(message, file=sys.stderr if error else sys.stdout)
 
 
 def start_run(device_name, seed, batch_size, precision="fp32"):
@@ -61,15 +63,21 @@ def start_run(device_name, seed, batch_size, precision="fp32"):
     if batch_size % run.world_size:
         raise UserError(f"batch_size {batch_size} must be divisible by the {run.world_size} processes")
     torch.manual_seed(seed + run.rank)
+    run.seed = seed
     run.precision = resolve_precision(precision, run.device)
     run.log(f"device {run.device}, {run.world_size} process(es), precision {run.precision}")
     return run
 
 
+def step_seed(seed, step, rank=0):
+    """The seed of one process's random choices at one step, a pure function of (seed, step, rank)."""
+    return (seed * 1_000_003 + step) * 101 + rank
+
+
 def step_generator(seed, step, rank=0):
-    """A generator for one training step's random choices (colours, captions), a pure function of
-    (seed, step, rank): a resumed run draws exactly what an uninterrupted one would have."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 101 + rank)
+    """A generator for one training step's random choices (colours, captions): a resumed run draws
+    exactly what an uninterrupted one would have."""
+    return torch.Generator().manual_seed(step_seed(seed, step, rank))
 
 
 def finish_run(run, model):
@@ -93,26 +101,19 @@ def wrap(model, run):
     return DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
 
-def rng_state():
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def restore(checkpoint, model, optimizer, run):
-    """Load model, optimiser and random state from a checkpoint; returns the step to continue from."""
+    """Load model and optimiser from a checkpoint; returns the step to continue from.
+
+    No random state is stored: every step reseeds each process from (seed, step, rank) (fit), so a
+    resumed run, under torchrun too, draws on every rank what the uninterrupted run would have.
+    """
     if checkpoint is None:
         return 0
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    set_rng_state(checkpoint["rng"])
+    load_weights(model, checkpoint["model"], "the checkpoint being resumed")
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise UserError(f"the checkpoint being resumed has an optimiser state this run cannot use ({error})")
     run.log(f"resuming at step {checkpoint['step']}")
     return checkpoint["step"]
 
@@ -158,15 +159,37 @@ class MetricsLog:
                 f.writelines(f"{step},{name},{float(value):.6g}\n" for name, value in values.items())
 
 
-def check_finite(loop, what, value, step, latest):
-    """Stop with one line before a non-finite value can reach the weights or a checkpoint."""
-    if torch.isfinite(value):
-        return
-    kept = f"{latest} holds the last good weights" if latest.is_file() else "no checkpoint was written yet"
-    raise UserError(
-        f"{loop.name} {what} became {value.item()} at step {step + 1}; {kept}; "
-        "try a lower learning rate (--set <section>.learning_rate=...)"
-    )
+class Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM (sent by `timeout`, containers, cluster schedulers) only raise a
+    flag; the loop saves at the next step boundary, so a checkpoint never holds half a step. A second
+    signal acts at once, as it would without this (checkpoints are atomic: nothing is lost)."""
+
+    SIGNALS = {signal.SIGINT: ("Ctrl-C", 130), signal.SIGTERM: ("SIGTERM", 143)}
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def _handle(self, number, frame):
+        self.received = number
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def agree(run, flags):
+    """Flags (list of bool) OR-ed over every process: all ranks stop, or none, at the same step."""
+    flags = torch.tensor(flags, dtype=torch.float32, device=run.device)
+    if run.world_size > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.bool().tolist()
 
 
 def fit(
@@ -187,38 +210,53 @@ def fit(
     make_checkpoint(step) -> the script's checkpoint dict; on_sample(step) writes grids (rank 0) and
     returns validation figures. Every metric goes to OUTPUT_DIR/metrics.csv (MetricsLog).
     latest.pt is refreshed at least every checkpoint_seconds; <name>-<step>.pt every sample_every
-    steps and at the end. Ctrl-C saves latest.pt and exits; a non-finite loss stops training
-    and keeps the last good checkpoint.
+    steps and at the end. Ctrl-C or SIGTERM saves latest.pt at the next step boundary and exits; a
+    non-finite loss or gradient on any process stops every process before the weights change.
     """
     latest = loop.output_dir / "latest.pt"
+    saved = False  # whether this run has written latest.pt
 
     def save(step, numbered=False):
+        nonlocal saved
         if run.is_main:
-            payload = make_checkpoint(step) | {"step": step, "rng": rng_state()}
+            payload = make_checkpoint(step) | {"step": step, "seed": run.seed}
             save_checkpoint(payload, latest)
             if numbered:
                 save_checkpoint(payload, loop.output_dir / f"{loop.name}-{step}.pt")
+        saved = True
+
+    def stop(what, value, step):
+        bar.close()
+        kept = f"{latest} holds the last good weights" if saved or start_step else "no checkpoint was written yet"
+        raise UserError(
+            f"{loop.name} {what} became {value} at step {step + 1}; {kept}; "
+            "try a lower learning rate (--set <section>.learning_rate=...)"
+        )
 
     last_save = time.monotonic()
     step = start_step
     log = MetricsLog(loop.output_dir / "metrics.csv", start_step, run.is_main)
     bar = tqdm(total=loop.total_steps, initial=start_step, desc=loop.name, disable=not run.is_main, dynamic_ncols=True)
-    try:
+    with Interrupts() as interrupts:
         while step < loop.total_steps:
+            torch.manual_seed(step_seed(run.seed, step, run.rank))  # dropout, Gumbel noise: fixed by (seed, step, rank)
             with precision_context(run.precision, run.device):
                 metrics = train_step(step)
             loss = metrics["loss"]
-            shown = {
-                k: f"{float(metrics[k].detach() if torch.is_tensor(metrics[k]) else metrics[k]):.4g}"
-                for k in loop.shown
-            }
-            check_finite(loop, "loss", loss, step, latest)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip = loop.grad_clip if loop.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            check_finite(loop, "gradient norm", metrics["grad_norm"], step, latest)  # before NaN reaches the weights
+            bad_loss, bad_gradient, interrupted = agree(
+                run,
+                [not torch.isfinite(loss), not torch.isfinite(metrics["grad_norm"]), interrupts.received is not None],
+            )
+            if bad_loss or bad_gradient:  # checked before optimizer.step(): NaN never reaches the weights
+                what, value = ("loss", loss) if bad_loss else ("gradient norm", metrics["grad_norm"])
+                stop(what, value.item() if not value.isfinite() else "non-finite on another process", step)
             optimizer.step()
+            if not all(p.isfinite().all() for p in model.parameters()):  # replicas agree: no all-reduce needed
+                stop("weights", "non-finite after the optimiser step", step)
             if after_step:
                 after_step(step)
             step += 1
@@ -226,19 +264,20 @@ def fit(
                 step, {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()}
             )
             bar.update(1)
-            bar.set_postfix(shown, refresh=False)
+            bar.set_postfix(
+                {k: f"{float(torch.as_tensor(metrics[k]).detach()):.4g}" for k in loop.shown}, refresh=False
+            )
             if step % loop.sample_every == 0 or step == loop.total_steps:
                 if run.is_main:
                     log.write(step, {f"validation_{name}": value for name, value in on_sample(step).items()})
                 save(step, numbered=True)
                 last_save = time.monotonic()
-            elif time.monotonic() - last_save >= loop.checkpoint_seconds:
+            elif interrupted or time.monotonic() - last_save >= loop.checkpoint_seconds:
                 save(step)
                 last_save = time.monotonic()
-    except KeyboardInterrupt:
-        bar.close()
-        save(step)
-        if run.is_main:
-            print(f"interrupted at step {step}: saved {latest}; continue with --resume", file=sys.stderr)
-        sys.exit(130)
+            if interrupted:
+                bar.close()
+                name, status = Interrupts.SIGNALS[interrupts.received or signal.SIGINT]
+                run.log(f"interrupted at step {step} ({name}): saved {latest}; continue with --resume", error=True)
+                sys.exit(status)
     bar.close()

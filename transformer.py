@@ -105,14 +105,15 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (B, nh, end, hs)
 
 
-def attend(q, k, v, mask):
+def attend(q, k, v, mask, dropout=0.0):
     """softmax(q k^T / sqrt(hs), masked) v: (B, nh, T, hs) queries over (B, nh, L, hs) keys -> (B, nh, T, hs)."""
     if q.device.type == "cuda":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, L)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.float().softmax(dim=-1).to(v.dtype) @ v  # softmax in float32, also under bf16 autocast
+    weights = scores.float().softmax(dim=-1).to(v.dtype)  # softmax in float32, also under bf16 autocast
+    return F.dropout(weights, dropout, training=dropout > 0) @ v
 
 
 class SelfAttention(nn.Module):
@@ -122,6 +123,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(c.n_embd, 3 * c.n_embd)
         self.proj = nn.Linear(c.n_embd, c.n_embd)
         self.dropout = nn.Dropout(c.dropout)
+        self.attention_dropout = c.attention_dropout
 
     def forward(self, x, mask, cache=None, layer=0, start=0, keys=None):
         q, k, v = rearrange(
@@ -131,7 +133,8 @@ class SelfAttention(nn.Module):
             k, v = cache.update(layer, start, k, v)  # (B, nh, start + T, hs)
         if keys is not None:  # one new token under a sparse mask: read only the keys it allows
             k, v, mask = k.index_select(2, keys), v.index_select(2, keys), None  # (B, nh, A, hs)
-        y = rearrange(attend(q, k, v, mask), "b h t d -> b t (h d)")  # (B, T, D): the heads side by side again
+        dropout = self.attention_dropout if self.training else 0.0
+        y = rearrange(attend(q, k, v, mask, dropout), "b h t d -> b t (h d)")  # (B, T, D): the heads side by side again
         return self.dropout(self.proj(y))
 
 

@@ -197,25 +197,15 @@ def test_bad_flags_get_one_line_and_status_2(tmp_path, tiny_config, flags, fragm
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mnist_dir):
-    """Six good steps, then resumed with a learning rate that blows the weights up: latest.pt stays finite."""
+    """A learning rate that blows the weights up after the first step, saved every step: training stops at the
+    first non-finite value with one line, and latest.pt keeps the last finite weights."""
     out = tmp_path / "dvae"
     args = ["--config_path", config_file(tmp_path, TINY), "--data_dir", mnist_dir, "--output_dir", out]
-    assert run_script("train_dvae.py", *args).returncode == 0
-    result = run_script(
-        "train_dvae.py",
-        *args,
-        "--resume",
-        "--num_training_steps",
-        "40",
-        "--set",
-        "train_dvae.learning_rate=1e30",
-        "--set",
-        "train_dvae.min_learning_rate=1e30",
-    )
+    result = run_script("train_dvae.py", *args, "--set", "train_dvae.learning_rate=1e30")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "became" in result.stderr and "at step" in result.stderr and "holds the last good weights" in result.stderr
     checkpoint = torch.load(out / "latest.pt", weights_only=True)
-    assert checkpoint["step"] >= 6
+    assert 1 <= checkpoint["step"] < 6
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
 
 
