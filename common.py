@@ -177,8 +177,14 @@ def check_sampling_args(args, codebook_size):
 
 
 def sampling_options(args):
-    """The sampling flags as DallE.generate's keyword arguments."""
-    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "guidance": args.guidance}
+    """The sampling flags as sampling.draw's keyword arguments."""
+    return {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "guidance": args.guidance,
+        "precision": args.precision,
+    }
 
 
 def choose_dataset(name, stored=None, source=None):

@@ -43,7 +43,7 @@ class DVAEConfig:
 class DVAETrainConfig:
     """How train_dvae.py optimises the dVAE (appendix A.2, shortened for a laptop)."""
 
-    num_training_steps: int = 2500
+    num_training_steps: int = 2000  # 2,500 before: validation MSE 0.0045 against 0.0043, in 80% of the time
     batch_size: int = 64
     learning_rate: float = 2e-3  # peak; cosine-annealed to min_learning_rate
     min_learning_rate: float = 1e-4
@@ -75,7 +75,7 @@ class DallEConfig:
 class DallETrainConfig:
     """How train_mnist.py optimises the transformer."""
 
-    num_training_steps: int = 2000
+    num_training_steps: int = 1600  # 2,000 before: validation loss no longer falls after 1,500 (docs/experiments.md)
     batch_size: int = 64
     learning_rate: float = 3e-3  # peak, then cosine; the earlier recipe, not re-validated (docs/experiments.md)
     min_learning_rate: float = 1e-4

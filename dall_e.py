@@ -57,6 +57,7 @@ class DallE(nn.Module):
     def forward(self, text, image_tokens, text_loss_weight=1.0 / 8):
         """The weighted loss: text_loss_weight * text + (1 - text_loss_weight) * image (nats per token)."""
         text_logits, image_logits = self.logits(text, image_tokens)
+        text_logits, image_logits = text_logits.float(), image_logits.float()  # the loss in float32, also under bf16
         image_loss = F.cross_entropy(image_logits.flatten(0, 1), image_tokens.flatten())
         if text.shape[1] > 1:
             text_loss = F.cross_entropy(text_logits.flatten(0, 1), text[:, 1:].flatten())

@@ -119,6 +119,7 @@ class DiscreteVAE(nn.Module):
         bounded choice. The loss lives in forward() so that DistributedDataParallel sees it.
         """
         pixel_logits, logits = self.relaxed(images, temperature)
+        pixel_logits, logits = pixel_logits.float(), logits.float()  # the loss in float32, also under bf16
         batch = images.shape[0]
         reconstruction = F.binary_cross_entropy_with_logits(pixel_logits, images, reduction="sum") / batch
         log_q = F.log_softmax(logits, dim=1)  # (B, K, G, G)

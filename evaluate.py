@@ -40,7 +40,6 @@ from common import (
     encode_prompts,
     load_checkpoint,
     pick_device,
-    precision_context,
     print_rows,
     reranker_from_checkpoint,
     resolve_precision,
@@ -84,12 +83,11 @@ def generate(model, dvae, text, args, device, reranker=None, candidates=1):
     start = time.perf_counter()
     images = []
     prompts_at_once = args.batch_size if args.keep == "first" else max(1, args.batch_size // candidates)
-    with precision_context(resolve_precision(args.precision, device), device):
-        for t in text.split(prompts_at_once):
-            drawn = generate_images(
-                model, dvae, t.to(device), None, generator, reranker, candidates, args.keep, **sampling_options(args)
-            )
-            images.append(drawn.cpu())
+    for t in text.split(prompts_at_once):
+        drawn = generate_images(
+            model, dvae, t.to(device), None, generator, reranker, candidates, args.keep, **sampling_options(args)
+        )
+        images.append(drawn.cpu())
     return torch.cat(images), time.perf_counter() - start
 
 
@@ -222,6 +220,7 @@ def reranker_retrieval(reranker, split_images, split_labels, dataset, device):
 
 def measure(args):
     device = pick_device(args.device)
+    resolve_precision(args.precision, device)  # refuses bf16 where it cannot run
     checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
     dataset = dataset_of(checkpoint)

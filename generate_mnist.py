@@ -40,7 +40,6 @@ from common import (
     encode_prompts,
     load_checkpoint,
     pick_device,
-    precision_context,
     reranker_from_checkpoint,
     resolve_precision,
     sampling_options,
@@ -146,13 +145,12 @@ def sample(model, dvae, text, args, device, reranker=None, prime=None):
     generator = torch.Generator(device).manual_seed(args.seed)
     chunks = []
     primes = prime.split(args.batch_size) if prime is not None else [None] * math.ceil(len(text) / args.batch_size)
-    with precision_context(resolve_precision(args.precision, device), device):
-        for batch, p in tqdm(zip(text.split(args.batch_size), primes), desc="sampling", total=len(primes)):
-            images = generate_images(
-                model, dvae, batch.to(device), p if p is None else p.to(device), generator, reranker,
-                args.candidates, args.keep, **sampling_options(args),
-            )  # fmt: skip
-            chunks.append(images.cpu())
+    for batch, p in tqdm(zip(text.split(args.batch_size), primes), desc="sampling", total=len(primes)):
+        images = generate_images(
+            model, dvae, batch.to(device), p if p is None else p.to(device), generator, reranker,
+            args.candidates, args.keep, **sampling_options(args),
+        )  # fmt: skip
+        chunks.append(images.cpu())
     return torch.cat(chunks)
 
 
@@ -208,6 +206,7 @@ def save_outputs(output_dir, images, prompts, figure, primer=None):
 def main():
     args = parse_args()
     device = pick_device(args.device)
+    resolve_precision(args.precision, device)  # refuses bf16 where it cannot run
     check_output_dir(args.output_dir)
     checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint, args.dall_e_checkpoint)

@@ -6,23 +6,36 @@ rerank.py scores images against prompts. This module is the pipeline the scripts
 
 import torch
 
+from common import fast_bf16, precision_context
 from rerank import ACCEPT, rerank
+
+SMALLEST_BF16_BATCH = 128  # sampling fewer rows at once, bf16 autocast costs more than it saves (docs/engineering.md)
+
+
+def sampling_precision(precision, device, rows):
+    """--precision for one batch of `rows` sequences: auto is bf16 only for large batches on fast-bf16 devices."""
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) and rows >= SMALLEST_BF16_BATCH else "fp32"
+    return precision
 
 
 @torch.no_grad()
-def draw(model, dvae, text, prime=None, generator=None, **sampling):
+def draw(model, dvae, text, prime=None, generator=None, precision="fp32", **sampling):
     """text (B, T), prime (B, P) or None -> images (B, C, S, S) in [0, 1], float32.
 
-    sampling: DallE.generate's options (temperature, top_k, top_p, guidance, use_cache).
+    precision: auto, fp32 or bf16; sampling: DallE.generate's options (temperature, top_k, top_p,
+    guidance, use_cache).
     """
-    return dvae.decode(model.generate(text, prime=prime, generator=generator, **sampling)).float()
+    rows = len(text) * (2 if sampling.get("guidance", 1.0) != 1.0 else 1)
+    with precision_context(sampling_precision(precision, text.device, rows), text.device):
+        return dvae.decode(model.generate(text, prime=prime, generator=generator, **sampling)).float()
 
 
 @torch.no_grad()
 def generate_images(
     model, dvae, text, prime=None, generator=None, reranker=None, candidates=1, keep="first", **sampling
 ):
-    """text (B, T) -> images (B, C, S, S) in [0, 1].
+    """text (B, T) -> images (B, C, S, S) in [0, 1]; sampling: draw's options.
 
     With a reranker, each prompt gets up to `candidates` draws and keeps one (paper section 2.3;
     see rerank.py): keep="first", the first the reranker accepts as showing the prompt, else its

@@ -1,9 +1,13 @@
 """Mean and spread of evaluate.py's figures over several runs (seeds), as the README reports them.
 
     python summarize.py output/eval_s0/metrics.json output/eval_s1/metrics.json output/eval_s2/metrics.json
+    python summarize.py --table output/eval_g*/metrics.json     # one row per sampling setting
 
 For each figure: the mean over the runs and, in brackets, the lowest and highest run. A
 difference between two settings smaller than these ranges is noise, not a reason.
+With --table: a Markdown table, a row per run (the sampling settings evaluate.py was given), with
+prompt accuracy, FID over the dVAE reconstructions' FID (both judges), near-copies and images/s,
+for one draw and for the reranked draws.
 """
 
 import argparse
@@ -17,16 +21,38 @@ from errors import UserError, run_main
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("metrics", nargs="+", help="metrics.json files written by evaluate.py (required)")
+    parser.add_argument("--table", action="store_true", help="a Markdown row per run instead (default: off)")
     return parser.parse_args(argv)
 
 
-def read(path):
-    """One metrics.json's headline figures, or one line saying why not."""
+def read(path, figures):
+    """figures(one metrics.json), or one line saying why not."""
     path = Path(path)
     try:
-        return headline(json.loads(path.read_text()))
+        return figures(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise UserError(f"cannot read {path} as this version's evaluate.py metrics.json ({type(error).__name__})")
+
+
+TABLE_HEADER = (
+    "| guidance | top-p | draws | accuracy A / B | FID/recon. A / B | near-copies | images/s |\n"
+    "| --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def table_rows(m):
+    """Markdown rows of one metrics.json: its one-draw set, then its reranked set where there is one."""
+    rows = []
+    for draws, d in m["draws"].items():
+        kind = "1" if draws == "1" else f"{m['keep']} of {draws}"
+        speed = m["sampling_images_per_second"] if draws == "1" else m["reranked_images_per_second"]
+        rows.append(
+            f"| {m['guidance']:g} | {m['top_p'] or 'off'} | {kind} "
+            f"| {100 * d['A']['prompt_accuracy']:.1f} / {100 * d['B']['prompt_accuracy']:.1f}% "
+            f"| {d['A']['fid_over_dvae']:.2f} / {d['B']['fid_over_dvae']:.2f} "
+            f"| {100 * d['near_copies']:.1f}% | {speed:.0f} |"
+        )
+    return rows
 
 
 def headline(m):
@@ -52,7 +78,10 @@ def headline(m):
 
 def main():
     args = parse_args()
-    runs = [read(path) for path in args.metrics]
+    if args.table:
+        print("\n".join([TABLE_HEADER] + [row for path in args.metrics for row in read(path, table_rows)]))
+        return
+    runs = [read(path, headline) for path in args.metrics]
     rows = [("figure", f"mean [lowest, highest] over {len(runs)} runs")]
     for name in runs[0]:
         values = [run[name] for run in runs if name in run]

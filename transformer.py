@@ -24,10 +24,10 @@ on p, no wrap-around (and q itself). Row is the same under both anchors.
 
 Layer i (1-based) uses column attention if (i - 2) mod 4 == 0, row attention otherwise, and
 the last layer convolutional attention, as in the paper. The masks are built once as boolean
-tensors and sliced to the positions at hand. On a CPU attention is written out (scores, mask,
-softmax in float32, weighted sum, `attend`): for these short masked sequences that is faster
-than F.scaled_dot_product_attention's fused CPU kernel, whose backward pass was 57% of a
-training step (docs/engineering.md); on CUDA it runs through F.scaled_dot_product_attention.
+tensors and sliced to the positions at hand. To train on a CPU, attention is written out
+(scores, mask, softmax in float32, weighted sum: `attend`): for these short masked sequences
+that is faster than F.scaled_dot_product_attention's fused CPU kernel, whose backward pass was
+57% of a training step (docs/engineering.md); sampling in float32 and CUDA use the fused kernel.
 Dropout acts on the residual branches only, not on the attention weights: drawing a random mask
 over every (query, key) pair cost a fifth of each step.
 A KV cache makes sampling cost one position's work per token, and in row and column layers a
@@ -106,8 +106,13 @@ class KVCache:
 
 
 def attend(q, k, v, mask, dropout=0.0):
-    """softmax(q k^T / sqrt(hs), masked) v: (B, nh, T, hs) queries over (B, nh, L, hs) keys -> (B, nh, T, hs)."""
-    if q.device.type == "cuda":
+    """softmax(q k^T / sqrt(hs), masked) v: (B, nh, T, hs) queries over (B, nh, L, hs) keys -> (B, nh, T, hs).
+
+    The fused F.scaled_dot_product_attention on CUDA, and on a CPU for float32 sampling, where it is
+    the faster; written out for CPU training (the fused kernel's backward is slow on these short masked
+    sequences) and under bf16 autocast (where the written-out matmuls are faster).
+    """
+    if q.device.type == "cuda" or (q.dtype == torch.float32 and not torch.is_grad_enabled()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, L)
     if mask is not None:

@@ -113,3 +113,29 @@ def test_coloured_digits_are_tokenised_in_every_colour():
     assert codes.shape == (4, 6, 64)
     blue = colourise(images, torch.full((4,), dataset.colours.index("blue")), dataset)
     assert torch.equal(codes[:, dataset.colours.index("blue")], dvae.encode(to_float(blue)).flatten(1))
+
+
+def test_a_single_text_slot_still_gives_the_text_head_a_gradient():
+    """With text_length 1 there is no text to predict; DistributedDataParallel still needs every weight
+    in the graph, or it stops with 'Expected to have finished reduction'."""
+    model = small_model(text_length=1)
+    text, image = batch(model)
+    model(text, image)["loss"].backward()
+    assert model.text_head.weight.grad is not None and (model.text_head.weight.grad == 0).all()
+
+
+def test_a_bf16_autocast_run_trains_and_keeps_the_loss_in_float32():
+    model = small_model()
+    text, image = batch(model, size=8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(text, image)
+        assert out["loss"].dtype == torch.float32
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps float32 weights

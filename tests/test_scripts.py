@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torchvision.io import decode_image, read_file
 
 from common import save_checkpoint
 from conftest import TINY, assert_clean_error, run_script
@@ -82,6 +83,17 @@ def test_generate_writes_a_labelled_grid_and_npz_reproducibly(trained, tmp_path)
     assert 0 <= a["images"].min() and a["images"].max() <= 1
     assert list(a["prompts"]) == ["Seven.", "Seven.", "3", "3", "nine", "nine"]
     assert np.array_equal(a["images"], b["images"])
+
+
+def test_the_labelled_grid_is_capped_however_many_samples(trained, tmp_path):
+    result = run_script(
+        "generate_mnist.py", "--dall_e_checkpoint", trained["dall_e"] / "latest.pt", "--output_dir", tmp_path,
+        "--prompt", "7", "--samples_per_prompt", "300", "--candidates", "1", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(np.load(tmp_path / "samples.npz")["images"]) == 300  # every image kept ...
+    height = decode_image(read_file(str(tmp_path / "sample.png"))).shape[1]
+    assert height <= 32 * 1.4 * 100 + 200  # ... but the picture shows 256: 32 rows of 8, 1.4 inches at 100 dpi
 
 
 def test_generate_defaults_to_the_lessons_64_prompts(trained, tmp_path):
@@ -207,6 +219,9 @@ def test_evaluate_writes_metrics_for_single_and_reranked_draws(trained, mnist_di
     accuracy = 100 * metrics["draws"]["3"]["A"]["prompt_accuracy"]
     line = next(row for row in summary.stdout.splitlines() if row.startswith("prompt accuracy (judge A)"))
     assert line.endswith(f"{accuracy:.4g} [{accuracy:.4g}, {accuracy:.4g}]")  # mean [lowest, highest] of two copies
+    table = run_script("summarize.py", "--table", tmp_path / "metrics.json").stdout.splitlines()
+    assert len(table) == 4 and table[3].startswith("| 1 | off | first of 3 | ")  # header, rule, one draw, reranked
+    assert f"| {accuracy:.1f} / " in table[3]
 
 
 @pytest.fixture(scope="module")
