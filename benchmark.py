@@ -2,6 +2,7 @@
 
     python benchmark.py
     python benchmark.py --compare ../old_checkout     # the same figures from another checkout, and the ratios
+    python benchmark.py --settings_of output/dall_e/latest.pt   # images/s of each sampling setting
 
 Measures, with freshly initialised models of the experiment's sizes (speed does not depend on
 the weights): the machine (CPU name, bf16 support, float32 and bf16 matmul peaks); dVAE training
@@ -31,7 +32,20 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from captions import DATASETS
-from common import add_precision_flag, fast_bf16, pick_device, precision_context, print_rows, resolve_precision
+from common import (
+    SAMPLING_TEMPERATURE,
+    add_precision_flag,
+    dall_e_from_checkpoint,
+    dataset_of,
+    encode_prompts,
+    fast_bf16,
+    load_checkpoint,
+    pick_device,
+    precision_context,
+    print_rows,
+    reranker_from_checkpoint,
+    resolve_precision,
+)
 from config import load_config
 from dall_e import DallE
 from dvae import DiscreteVAE
@@ -262,8 +276,41 @@ def print_comparison(reference, figures, reference_path):
     print_rows(rows)
 
 
+SETTINGS = (  # (name, generate_images options): README's sampling table
+    ("plain, one draw", {}),
+    *((f"guidance {g}, one draw", {"guidance": g}) for g in (1.5, 2.0, 3.0, 5.0)),
+    *((f"top-p {p}, one draw", {"top_p": p}) for p in (0.8, 0.9, 0.95)),
+    *((f"first of {c}", {"candidates": c}) for c in (4, 8, 16)),
+    *((f"guidance {g}, first of 8", {"guidance": g, "candidates": 8}) for g in (1.5, 2.0)),
+)
+
+
+@torch.no_grad()
+def settings_speed(checkpoint_path, device, precision, prompts=1000):
+    """Images/s of generate_images for each of SETTINGS, on a trained checkpoint, evaluate.py's batch of 1,000."""
+    checkpoint = load_checkpoint(checkpoint_path, "dall_e")
+    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint, checkpoint_path)
+    reranker = reranker_from_checkpoint(checkpoint, checkpoint_path).to(device)
+    model.to(device), dvae.to(device)
+    dataset = dataset_of(checkpoint)
+    text = encode_prompts(tokenizer, [dataset.canonical(c) for c in dataset.concepts] * (prompts // 10)).to(device)
+    rows = []
+    for name, options in SETTINGS:
+        generator = torch.Generator(device).manual_seed(0)
+        work = lambda: generate_images(  # noqa: E731
+            model, dvae, text, generator=generator, reranker=reranker, temperature=SAMPLING_TEMPERATURE,
+            precision=precision, **options,
+        )  # fmt: skip
+        rows.append((name, f"{len(text) / timed(work, device, repeats=1, warmup=0):.0f} images/s"))
+    return rows
+
+
 def main():
     args = parse_args()
+    if args.settings_of:
+        device = pick_device(args.device)
+        print_rows(settings_speed(args.settings_of, device, args.precision))
+        return
     reference = measure_reference(args.compare, args) if args.compare else None
     figures = measure(args)
     output_dir = Path(args.output_dir)
