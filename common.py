@@ -341,8 +341,7 @@ def check_output_dir(path):
             raise UserError(f"--output_dir {path}: {part} is a file, not a folder; choose another --output_dir")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        tempfile.TemporaryFile(dir=path).close()  # a file can be made there
     except OSError as error:
         raise UserError(f"--output_dir {path} cannot be written ({error.strerror}); choose another --output_dir")
 

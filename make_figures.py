@@ -185,6 +185,14 @@ def samples_over_training_figure(path, grids):
     save(figure, path)
 
 
+def draw_as_generate(model, dvae, reranker, text, **options):
+    """Images for text (N, T) as generate_mnist.py draws them by default (seed 0): the first of 8 accepted."""
+    return generate_images(
+        model, dvae, text, generator=torch.Generator().manual_seed(0), reranker=reranker, candidates=CANDIDATES,
+        temperature=SAMPLING_TEMPERATURE, guidance=GUIDANCE, **options,
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def samples_figure(path, checkpoint_path):
     """generate_mnist.py's default prompts and sampling: the first of 8 draws the reranker accepts."""
@@ -193,17 +201,7 @@ def samples_figure(path, checkpoint_path):
     reranker = reranker_from_checkpoint(checkpoint, checkpoint_path)
     prompts = default_prompts(dataset_of(checkpoint))
     text = torch.tensor([tokenizer.encode(p) for p in prompts])
-    generator = torch.Generator().manual_seed(0)
-    images = generate_images(
-        model,
-        dvae,
-        text,
-        generator=generator,
-        reranker=reranker,
-        candidates=CANDIDATES,
-        temperature=SAMPLING_TEMPERATURE,
-        guidance=GUIDANCE,
-    )
+    images = draw_as_generate(model, dvae, reranker, text)
     save(labelled_grid(images, prompts), path)
 
 
@@ -221,17 +219,7 @@ def zero_shot_figure(path, checkpoint_path, per_pair=2):
     rows = [("held out", held), ("seen", seen)]
     prompts = [dataset.canonical((d, colours[d])) for _, colours in rows for _ in range(per_pair) for d in range(10)]
     text = torch.tensor([tokenizer.encode(p) for p in prompts])
-    generator = torch.Generator().manual_seed(0)
-    images = generate_images(
-        model,
-        dvae,
-        text,
-        generator=generator,
-        reranker=reranker,
-        candidates=CANDIDATES,
-        temperature=SAMPLING_TEMPERATURE,
-        guidance=GUIDANCE,
-    )
+    images = draw_as_generate(model, dvae, reranker, text)
     figure, axes = plt.subplots(len(rows) * per_pair, 10, figsize=(12, 1.45 * len(rows) * per_pair))
     for ax, image, prompt in zip(axes.flat, images, prompts):
         ax.imshow(image.permute(1, 2, 0).numpy())
@@ -254,17 +242,7 @@ def completion_figure(path, checkpoint_path, data_dir, rows=3, per_prompt=6):
     prompts = [p for p in ("seven", "nine", "one", "four") for _ in range(per_prompt)]
     prime = dvae.encode(primer).flatten(1)[:, : rows * c.grid_size].expand(len(prompts), -1)  # (N, rows * G)
     text = torch.tensor([tokenizer.encode(p) for p in prompts])
-    images = generate_images(
-        model,
-        dvae,
-        text,
-        prime=prime,
-        generator=torch.Generator().manual_seed(0),
-        reranker=reranker,
-        candidates=CANDIDATES,
-        temperature=SAMPLING_TEMPERATURE,
-        guidance=GUIDANCE,
-    )
+    images = draw_as_generate(model, dvae, reranker, text, prime=prime)
     save(completion_grid(images, prompts, primer[0], rows * c.image_size // c.grid_size, per_prompt), path)
 
 

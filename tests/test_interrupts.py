@@ -1,6 +1,7 @@
 """Exact under torchrun and interrupts: kills, Ctrl-C and SIGTERM at random moments, a NaN on one
 rank, two runs on one folder, and generate_mnist.py killed while writing."""
 
+import contextlib
 import os
 import random
 import signal
@@ -91,10 +92,8 @@ def kill_tree(process):
         tree += below
         todo += below
     for pid in [process.pid, *tree]:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def step_of(path):
