@@ -68,6 +68,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--compare", metavar="REF", help="a checkout of this project to measure first, side by side (optional)"
     )
+    parser.add_argument(
+        "--settings_of",
+        metavar="CHECKPOINT",
+        help="instead: images/s of each sampling setting of the README's table, on this trained DALL-E (optional)",
+    )
     add_precision_flag(parser)
     return parser.parse_args(argv)
 

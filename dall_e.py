@@ -47,8 +47,18 @@ class DallE(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def check_lengths(self, text, image_tokens, exact=True):
+        """Fail loudly on a sequence of the wrong length: position embeddings and masks would shift."""
+        T, n = self.transformer.config.text_length, self.grid_size**2
+        if text.dim() != 2 or text.shape[1] != T:
+            raise ValueError(f"text of shape {tuple(text.shape)} given to a model built for (B, {T}) text tokens")
+        if image_tokens is not None and (image_tokens.shape[1] > n or (exact and image_tokens.shape[1] != n)):
+            wanted = f"(B, {n})" if exact else f"(B, P) with P <= {n}"
+            raise ValueError(f"image tokens of shape {tuple(image_tokens.shape)} given to a model built for {wanted}")
+
     def logits(self, text, image_tokens):
         """text (B, T), image_tokens (B, N) -> text logits (B, T-1, Vt), image logits (B, N, K)."""
+        self.check_lengths(text, image_tokens)
         T = text.shape[1]
         x = torch.cat([self.text_embedding(text), self.image_embedding(image_tokens[:, :-1])], dim=1)  # (B, T+N-1, D)
         h = self.transformer(x)  # (B, T+N-1, D)
@@ -102,6 +112,7 @@ class DallE(nn.Module):
         sampling, at no extra cost. With use_cache=False every step re-runs the whole sequence;
         the tokens are the same.
         """
+        self.check_lengths(text, prime, exact=False)
         B, T = text.shape
         n = self.grid_size**2
         tokens = text.new_empty(B, 0) if prime is None else prime  # (B, P)

@@ -106,7 +106,9 @@ class DiscreteVAE(nn.Module):
         """Relaxed pass: images in [0,1] -> (pixel logits (B,C,S,S), code logits (B,K,G,G))."""
         self._check_images(images)
         logits = self.encoder(images.contiguous(memory_format=torch.channels_last))  # (B, K, G, G)
-        soft_one_hot = F.gumbel_softmax(logits, tau=temperature, hard=False, dim=1)  # (B, K, G, G)
+        # In float32 even under bf16 autocast: at tau = 1/16, bf16's 8-bit mantissa would quantise the
+        # noisy logits / tau coarsely before the softmax.
+        soft_one_hot = F.gumbel_softmax(logits.float(), tau=temperature, hard=False, dim=1)  # (B, K, G, G)
         z = torch.einsum("bkhw,kd->bdhw", soft_one_hot, self.codebook.weight)  # (B, D, G, G)
         return self.decoder(z), logits
 

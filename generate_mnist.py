@@ -46,7 +46,7 @@ from common import (
 )
 from data import load_train_and_validation, read_image_file, to_float
 from errors import UserError, run_main
-from sampling import generate_images
+from sampling import completion_prime, generate_images
 
 # The 64 prompts of the lesson's results grid, row by row.
 LESSON_PROMPTS = """
@@ -231,7 +231,7 @@ def main():
     if primed:
         primer = to_float(read_primer(args, dataset, dvae.config)).to(device)  # (1, C, S, S)
         rows = dvae.config.grid_size // 2 if args.prime_rows is None else args.prime_rows
-        prime = dvae.encode(primer).flatten(1)[:, : rows * dvae.config.grid_size].expand(len(text), -1)  # (N, P)
+        prime = completion_prime(dvae, primer, rows).expand(len(text), -1)  # (N, P)
         primer, kept_rows = primer[0].cpu(), rows * dvae.config.image_size // dvae.config.grid_size
     images = sample(model, dvae, text, args, device, reranker and reranker.to(device), prime)
     if not images.isfinite().all():

@@ -30,7 +30,7 @@ from common import (
 from data import load_train_and_validation, to_float
 from errors import run_main
 from generate_mnist import completion_grid, default_prompts, labelled_grid
-from sampling import generate_images
+from sampling import completion_prime, generate_images
 from train_dvae import save_reconstructions
 from transformer import MASK_KINDS, attention_mask, layer_mask_kinds
 
@@ -240,7 +240,7 @@ def completion_figure(path, checkpoint_path, data_dir, rows=3, per_prompt=6):
     _, (validation, labels) = load_train_and_validation("mnist", data_dir, c.image_size, log=lambda line: None)
     primer = to_float(validation[labels == 7][:1])  # (1, 1, S, S)
     prompts = [p for p in ("seven", "nine", "one", "four") for _ in range(per_prompt)]
-    prime = dvae.encode(primer).flatten(1)[:, : rows * c.grid_size].expand(len(prompts), -1)  # (N, rows * G)
+    prime = completion_prime(dvae, primer, rows).expand(len(prompts), -1)  # (N, rows * G)
     text = torch.tensor([tokenizer.encode(p) for p in prompts])
     images = draw_as_generate(model, dvae, reranker, text, prime=prime)
     save(completion_grid(images, prompts, primer[0], rows * c.image_size // c.grid_size, per_prompt), path)

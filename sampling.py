@@ -20,6 +20,19 @@ def sampling_precision(precision, device, rows):
 
 
 @torch.no_grad()
+def completion_prime(dvae, image, rows):
+    """images (B, C, S, S) in [0, 1] -> (B, rows * G): the tokens of its top `rows` token rows (paper section 3.3).
+
+    The pixels below those rows are blanked before encoding: the encoder's receptive field reaches
+    far below a token's own cell, so tokens of the whole image would carry the hidden part.
+    """
+    G, S = dvae.config.grid_size, dvae.config.image_size
+    shown = image.clone()
+    shown[..., rows * S // G :, :] = 0.0  # black, the background of every training image
+    return dvae.encode(shown).flatten(1)[:, : rows * G]
+
+
+@torch.no_grad()
 def draw(model, dvae, text, prime=None, generator=None, precision="fp32", **sampling):
     """text (B, T), prime (B, P) or None -> images (B, C, S, S) in [0, 1], float32.
 

@@ -81,8 +81,9 @@ def main():
     )
     validation_images, _ = as_seen(dataset, validation_images, validation_labels, torch.Generator().manual_seed(0))
     model = DiscreteVAE(config.dvae)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate)
-    start_step = restore(resumed, model, optimizer, run)
+    optimizer, start_step = restore(
+        resumed, model, lambda m: torch.optim.AdamW(m.parameters(), lr=t.learning_rate), run
+    )
     ddp_model = wrap(model, run)
     run.log(f"dVAE: {sum(p.numel() for p in model.parameters()):,} parameters, {config.dvae.codebook_size} codes")
     batches = batch_indices(len(train_images), t.batch_size, args.seed, start_step, run.rank, run.world_size)

@@ -150,6 +150,7 @@ def make_ema(model, decay, resumed):
     if decay == 0:
         return None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    ema.module.eval()  # the average only draws and is measured: dropout stays off (model.eval() never reaches it)
     if resumed:
         ema.module.load_state_dict(resumed["ema_model"])
         ema.n_averaged.fill_(resumed["ema_updates"])
@@ -229,8 +230,7 @@ def main():
     grid = grid_prompts(dataset)
 
     model = DallE(config.dall_e, dvae.config, tokenizer.vocab_size)
-    optimizer = make_optimizer(model, t)
-    start_step = restore(resumed, model, optimizer, run)
+    optimizer, start_step = restore(resumed, model, lambda m: make_optimizer(m, t), run)
     ema = make_ema(model, t.ema_decay, resumed)
     sampler = ema.module if ema else model  # what draws: the moving average of the weights, where there is one
     ddp_model = wrap(model, run)

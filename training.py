@@ -101,21 +101,26 @@ def wrap(model, run):
     return DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
 
-def restore(checkpoint, model, optimizer, run):
-    """Load model and optimiser from a checkpoint; returns the step to continue from.
+def restore(checkpoint, model, make_optimizer, run):
+    """Move the model to the run's device, build its optimiser, then load both from a checkpoint
+    (None: a fresh run); returns (optimizer, the step to continue from).
 
+    In that order, as nanoGPT does: optimizer.load_state_dict puts Adam's moments on the device and
+    dtype the parameters have at that moment, and step() must find them together.
     No random state is stored: every step reseeds each process from (seed, step, rank) (fit), so a
     resumed run, under torchrun too, draws on every rank what the uninterrupted run would have.
     """
+    model.to(run.device)
+    optimizer = make_optimizer(model)
     if checkpoint is None:
-        return 0
+        return optimizer, 0
     load_weights(model, checkpoint["model"], "the checkpoint being resumed")
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (KeyError, ValueError, RuntimeError) as error:
         raise UserError(f"the checkpoint being resumed has an optimiser state this run cannot use ({error})")
     run.log(f"resuming at step {checkpoint['step']}")
-    return checkpoint["step"]
+    return optimizer, checkpoint["step"]
 
 
 def set_learning_rate(optimizer, learning_rate):

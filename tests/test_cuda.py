@@ -4,6 +4,8 @@ cached and uncached sampling, and a checkpoint written on CUDA used on the CPU.
 gpu_check.sh runs these, the benchmark and the default trainings on a GPU machine in a few minutes.
 """
 
+import shutil
+
 import pytest
 import torch
 
@@ -44,3 +46,19 @@ def test_cached_and_uncached_sampling_agree_on_cuda(trained):
     assert torch.equal(cached, uncached)
     guided = model.generate(text, guidance=2.0, generator=torch.Generator("cuda").manual_seed(0))
     assert guided.shape == cached.shape
+
+
+def test_both_trainers_resume_on_cuda(tmp_path, mnist_dir, tiny_config):
+    """Adam's moments (and the EMA copy) must be restored onto the GPU, where step() finds them."""
+    common = ["--config_path", tiny_config, "--data_dir", mnist_dir, "--device", "cuda"]
+    dvae, dall_e = tmp_path / "dvae", tmp_path / "dall_e"
+    assert run_script("train_dvae.py", *common, "--output_dir", dvae).returncode == 0
+    shutil.copy(dvae / "dvae-3.pt", dvae / "latest.pt")  # back to step 3 of 6
+    resumed = run_script("train_dvae.py", *common, "--output_dir", dvae, "--resume")
+    assert resumed.returncode == 0 and "resuming at step 3" in resumed.stdout, resumed.stderr[-3000:]
+    ema = ["--set", "train_dall_e.ema_decay=0.5"]
+    first = run_script("train_mnist.py", *common, *ema, "--output_dir", dall_e, "--dvae_checkpoint", dvae / "latest.pt")
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copy(dall_e / "dall_e-3.pt", dall_e / "latest.pt")
+    resumed = run_script("train_mnist.py", *common, "--output_dir", dall_e, "--resume")
+    assert resumed.returncode == 0 and "resuming at step 3" in resumed.stdout, resumed.stderr[-3000:]

@@ -4,10 +4,10 @@ import torch.nn.functional as F
 
 from captions import DATASETS, colourise
 from config import DallEConfig, DallETrainConfig, DVAEConfig
-from dall_e import DallE, sample_token
+from dall_e import DallE, heldout_losses, sample_token
 from data import to_float
 from dvae import DiscreteVAE
-from train_mnist import tokenise_training_set
+from train_mnist import make_ema, tokenise_training_set
 
 
 def small_model(text_length=2):
@@ -139,3 +139,38 @@ def test_a_bf16_autocast_run_trains_and_keeps_the_loss_in_float32():
         losses.append(out["loss"].item())
     assert losses[-1] < 0.5 * losses[0]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps float32 weights
+
+
+@pytest.mark.parametrize("text_length, image_length", [(2, 16), (4, 16), (3, 15), (3, 17)])
+def test_wrong_sequence_lengths_are_refused(text_length, image_length):
+    """A 2-token prompt on a 3-slot model would shift every position embedding and mask by one."""
+    model = small_model(text_length=3)
+    text, image = torch.zeros(2, text_length, dtype=torch.long), torch.zeros(2, image_length, dtype=torch.long)
+    with pytest.raises(ValueError, match="built for"):
+        model.logits(text, image)
+
+
+def test_generate_refuses_wrong_prompt_and_primer_lengths():
+    model = small_model(text_length=3).eval()
+    with pytest.raises(ValueError, match="text tokens"):
+        model.generate(torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="P <= 16"):
+        model.generate(torch.zeros(2, 3, dtype=torch.long), prime=torch.zeros(2, 17, dtype=torch.long))
+    assert model.generate(torch.zeros(2, 3, dtype=torch.long), prime=torch.zeros(2, 16, dtype=torch.long)).shape == (
+        2,
+        4,
+        4,
+    )
+
+
+def test_the_moving_average_is_measured_without_dropout():
+    """The EMA copy is a deep copy that model.eval() never reaches: with dropout on, two validation
+    passes over the same data would differ."""
+    model = small_model(text_length=3)
+    model.config.dropout = 0.5
+    model = DallE(model.config, DVAEConfig(codebook_size=12, grid_size=4, image_size=16), text_vocab_size=22)
+    model.train()
+    ema = make_ema(model, 0.9, resumed=None)
+    text, image = batch(model, size=8)
+    assert heldout_losses(ema.module, text, image) == heldout_losses(ema.module, text, image)
+    assert model(text, image)["loss"] != model(text, image)["loss"]  # dropout is on in the trained model

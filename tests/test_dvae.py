@@ -1,10 +1,12 @@
 import dataclasses
+import sys
 
 import pytest
 import torch
 
+import train_dvae
 from common import dvae_from_checkpoint, load_checkpoint, save_checkpoint
-from config import DVAEConfig, DVAETrainConfig
+from config import DVAEConfig, DVAETrainConfig, load_config
 from data import load_images, to_float
 from dvae import DiscreteVAE, codebook_usage
 from train_dvae import schedules
@@ -94,3 +96,39 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert torch.equal(model.encode(images), restored.encode(images))
     codes = model.encode(images)
     assert torch.equal(model.decode(codes), restored.decode(codes))
+
+
+def test_kl_matches_torch_distributions_summed_over_cells_and_averaged_over_images():
+    """forward's KL is KL(q(z|x) || uniform) per grid cell, summed over the cells, averaged over images."""
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAEConfig(**SMALL))
+    torch.nn.init.normal_(model.encoder.net[-1].weight)  # far from uniform
+    images = torch.rand(3, 1, 32, 32)
+    logits = model.relaxed(images, 1.0)[1].float()  # (B, K, G, G)
+    q = torch.distributions.Categorical(logits=logits.movedim(1, -1))  # batch shape (B, G, G)
+    uniform = torch.distributions.Categorical(logits=torch.zeros_like(logits.movedim(1, -1)))
+    expected = torch.distributions.kl_divergence(q, uniform).sum(dim=(1, 2)).mean()
+    torch.testing.assert_close(model(images, 1.0, 1.0)["kl"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_annealed_tau_reaches_gumbel_softmax_in_float32(monkeypatch, tmp_path, mnist_dir, tiny_config):
+    """The reference lesson computed an annealed temperature and never passed it. Each training step
+    must hand gumbel_softmax the schedule's tau, and (under bf16 autocast too) float32 logits: at
+    tau = 1/16 bf16 would quantise the relaxed sample coarsely."""
+    seen = []
+    real = torch.nn.functional.gumbel_softmax
+
+    def spy(logits, tau, **kwargs):
+        seen.append((tau, logits.dtype))
+        return real(logits, tau=tau, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "gumbel_softmax", spy)
+    argv = ["train_dvae.py", "--config_path", str(tiny_config), "--data_dir", str(mnist_dir), "--device", "cpu",
+            "--precision", "bf16", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    train_dvae.main()
+    t = load_config(tiny_config).train_dvae
+    expected = [schedules(t, step)[0] for step in range(t.num_training_steps)]
+    assert [tau for tau, _ in seen] == pytest.approx(expected)
+    assert len(set(expected)) == len(expected)  # the schedule does move: a constant tau would fail
+    assert all(dtype == torch.float32 for _, dtype in seen)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from captions import DATASETS
@@ -45,3 +46,29 @@ def test_copies_of_training_digits_are_counted_as_near_copies():
     prompted = (digits, torch.zeros_like(digits))
     figures = measure_draws(copies, prompted, DATASETS["mnist"], {}, real_distances, (train, train_labels))
     assert figures["near_copies"] == 0.5
+
+
+def test_frechet_distance_with_covariances_that_do_not_commute():
+    """Against an independent route to Tr((S_a S_b)^(1/2)): the eigenvalues of the (non-symmetric)
+    product S_a S_b. With commuting covariances a wrong Tr(S_a^(1/2) S_b^(1/2)) would also pass."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(3000, 4, generator=generator, dtype=torch.float64) @ torch.randn(
+        4, 4, generator=generator, dtype=torch.float64
+    )
+    b = (
+        torch.randn(3000, 4, generator=generator, dtype=torch.float64)
+        @ torch.randn(4, 4, generator=generator, dtype=torch.float64)
+        + 1
+    )
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    assert not torch.allclose(cov_a @ cov_b, cov_b @ cov_a, atol=0.1)  # they do not commute
+    cross = torch.linalg.eigvals(cov_a @ cov_b).real.clamp(min=0).sqrt().sum()
+    expected = (a.mean(0) - b.mean(0)).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    assert frechet_distance(a, b) == pytest.approx(float(expected), rel=1e-6)
+
+    def sqrt_psd(m):
+        values, vectors = torch.linalg.eigh(m)
+        return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+    wrong = expected + 2 * cross - 2 * (sqrt_psd(cov_a) @ sqrt_psd(cov_b)).trace()
+    assert abs(float(wrong - expected)) > 0.01 * float(expected)  # the test tells the wrong formula apart

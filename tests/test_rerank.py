@@ -46,11 +46,12 @@ def test_reranker_reads_any_phrasing_and_survives_a_checkpoint(mnist_dir):
     reranker, dataset, captions = trained_reranker("mnist", images, labels, steps=150)
     every_phrasing = captions.flatten(0, 1)  # (concepts * P, T)
     assert torch.equal(reranker.concept_of(every_phrasing), torch.arange(10).repeat_interleave(captions.shape[1]))
-    x = to_float(images)
+    held_out, held_out_labels = load_images("mnist", mnist_dir, False, 32, log=lambda _: None)  # never trained on
+    x = to_float(held_out)
     probabilities = reranker.concept_probabilities(x)
     assert torch.allclose(probabilities.sum(1), torch.ones(len(x)), atol=1e-5)
-    accuracy = (probabilities.argmax(1) == labels).float().mean().item()
-    assert accuracy > 0.8, accuracy  # 400 training digits; chance is 0.1
+    accuracy = (probabilities.argmax(1) == held_out_labels).float().mean().item()
+    assert accuracy > 0.7, accuracy  # 100 held-out digits after 150 steps on 400; chance is 0.1
     restored = reranker_from_state(reranker_state(reranker))
     assert torch.allclose(restored.concept_probabilities(x), probabilities)
 

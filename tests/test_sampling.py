@@ -8,7 +8,8 @@ import torch
 from config import DallEConfig, DVAEConfig
 from dall_e import DallE, filtered_probabilities, sample_token
 from rerank import rerank
-from sampling import first_accepted
+from dvae import DiscreteVAE
+from sampling import completion_prime, first_accepted
 from tokenizer import Tokenizer
 from train_mnist import drop_prompts
 
@@ -164,3 +165,23 @@ def test_training_replaces_the_prompt_by_the_empty_prompt_at_the_configured_rate
     assert (dropped[~is_null] == 0).all()  # the others untouched
     assert torch.equal(drop_prompts(text, null, 0.0, torch.Generator().manual_seed(0)), text)
     assert math.isclose(is_null.float().mean().item(), 0.1, abs_tol=0.01)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_the_prime_does_not_see_the_rows_it_is_asked_to_complete(rows):
+    """Tokens encoded from the whole image carry the hidden part (the encoder reaches far below a
+    cell); the prime is encoded from the image with the hidden rows blanked."""
+    torch.manual_seed(0)
+    dvae = DiscreteVAE(DVAEConfig(codebook_size=16, codebook_dim=8, hidden_dim=4, num_resnet_blocks=1)).eval()
+    S, G = dvae.config.image_size, dvae.config.grid_size
+    image = torch.rand(16, 1, S, S, generator=torch.Generator().manual_seed(1))  # 16 images, one prime each
+    other_bottom = image.clone()
+    other_bottom[..., rows * S // G :, :] = torch.rand(16, 1, S - rows * S // G, S)
+    prime = completion_prime(dvae, image, rows)
+    assert prime.shape == (16, rows * G)
+    assert torch.equal(completion_prime(dvae, other_bottom, rows), prime)
+    other_top = image.clone()
+    other_top[..., : rows * S // G, :] = torch.rand(16, 1, rows * S // G, S)
+    assert not torch.equal(completion_prime(dvae, other_top, rows), prime)  # the kept rows do matter
+    whole = dvae.encode(image).flatten(1)[:, : rows * G]
+    assert not torch.equal(dvae.encode(other_bottom).flatten(1)[:, : rows * G], whole)  # the bug this guards
