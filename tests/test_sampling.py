@@ -7,8 +7,8 @@ import torch
 
 from config import DallEConfig, DVAEConfig
 from dall_e import DallE, filtered_probabilities, sample_token
-from rerank import rerank
 from dvae import DiscreteVAE
+from rerank import rerank
 from sampling import completion_prime, first_accepted
 from tokenizer import Tokenizer
 from train_mnist import drop_prompts
