@@ -71,7 +71,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--settings_of",
         metavar="CHECKPOINT",
-        help="instead: images/s of each sampling setting of the README's table, on this trained DALL-E (optional)",
+        help="instead: images/s of each sampling setting of the README's table, on this trained DALL-E, for "
+        "--large_batch prompts at once (optional)",
     )
     add_precision_flag(parser)
     return parser.parse_args(argv)
@@ -291,14 +292,15 @@ SETTINGS = (  # (name, generate_images options): README's sampling table
 
 
 @torch.no_grad()
-def settings_speed(checkpoint_path, device, precision, prompts=1000):
-    """Images/s of generate_images for each of SETTINGS, on a trained checkpoint, evaluate.py's batch of 1,000."""
+def settings_speed(checkpoint_path, device, precision, prompts):
+    """Images/s of generate_images for each of SETTINGS, on a trained checkpoint, for `prompts` prompts at once."""
     checkpoint = load_checkpoint(checkpoint_path, "dall_e")
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint, checkpoint_path)
     reranker = reranker_from_checkpoint(checkpoint, checkpoint_path).to(device)
     model.to(device), dvae.to(device)
     dataset = dataset_of(checkpoint)
-    text = encode_prompts(tokenizer, [dataset.canonical(c) for c in dataset.concepts] * (prompts // 10)).to(device)
+    captions = [dataset.canonical(c) for c in dataset.concepts]
+    text = encode_prompts(tokenizer, [captions[i % len(captions)] for i in range(prompts)]).to(device)
     rows = []
     for name, options in SETTINGS:
         generator = torch.Generator(device).manual_seed(0)
@@ -314,7 +316,7 @@ def main():
     args = parse_args()
     if args.settings_of:
         device = pick_device(args.device)
-        print_rows(settings_speed(args.settings_of, device, args.precision))
+        print_rows(settings_speed(args.settings_of, device, args.precision, args.large_batch))
         return
     reference = measure_reference(args.compare, args) if args.compare else None
     figures = measure(args)

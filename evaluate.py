@@ -12,12 +12,18 @@ independent judges (judge.py), which read images in grey (the brightest channel)
   colour, both      (coloured data) share whose stroke colour, the palette colour nearest the mean
                     of the bright pixels, is the prompted one; and share right in class and colour,
                     for seen and for held-out (zero-shot) pairs separately;
-  unsure            share the judge is unsure of (top class below 0.9), beside real images' share;
+  unsure            share the judge is unsure of (top class below 0.9), beside real images' share; read it
+                    for single draws: reranked draws passed the reranker's own p > 0.9 test, and the
+                    reranker and the judges are MNIST classifiers trained on the same digits, so
+                    reranked "unsure" is low by construction;
   judge FID         Frechet distance to the split's real images in the judge's features, beside two
                     references: the real-vs-real floor (other real images, from the training split)
                     and the dVAE reconstructions of those images (what this dVAE allows);
   near-copies       share of samples closer (pixel distance) to their nearest training image of the
-                    same class than 99% of the split's real images are: memorisation.
+                    same class than 99% of the dVAE's reconstructions of the split's real images are
+                    (samples are dVAE decodes, so they are compared with decodes): memorisation.
+The test split draws its own prompts' phrasings and sampling noise (--seed + 1,000,003): the two
+splits' figures are separate measurements.
 Also: bits per image token on the split's real images, the dVAE's reconstruction figures, the
 reranker's retrieval accuracy and the sampling speed. The first run for a dataset trains and
 caches its two judges (about 4 minutes on a laptop CPU).
@@ -54,6 +60,7 @@ from sampling import generate_images
 
 JUDGE_MIN_ACCURACY = 0.98
 NEAR_COPY_PERCENTILE = 0.01
+TEST_SEED_OFFSET = 1_000_003  # the test split draws its own prompts and sampling noise, not the validation split's
 
 
 def parse_args(argv=None):
@@ -77,9 +84,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def split_seed(args):
+    """The seed of the prompts' phrasings and of sampling: --seed on validation, another one on test, so
+    that the figures of the two splits are two measurements, not one read twice."""
+    return args.seed + (TEST_SEED_OFFSET if args.split == "test" else 0)
+
+
 def generate(model, dvae, text, args, device, reranker=None, candidates=1):
     """Images (N, C, S, S) for prompts text (N, T), and the seconds spent."""
-    generator = torch.Generator(device).manual_seed(args.seed)
+    generator = torch.Generator(device).manual_seed(split_seed(args))
     start = time.perf_counter()
     images = []
     prompts_at_once = args.batch_size if args.keep == "first" else max(1, args.batch_size // candidates)
@@ -89,6 +102,12 @@ def generate(model, dvae, text, args, device, reranker=None, candidates=1):
         )
         images.append(drawn.cpu())
     return torch.cat(images), time.perf_counter() - start
+
+
+@torch.no_grad()
+def reconstruct(dvae, images, device, batch_size=1000):
+    """(N, C, S, S) uint8 -> (N, C, S, S) in [0, 1]: the images through the dVAE's tokens and back."""
+    return torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in images.split(batch_size)])
 
 
 def grey(images):
@@ -181,9 +200,15 @@ def measure_draws(images, prompted, dataset, instruments, real_distances, train)
         held_out = held_out_mask(dataset)[concept_index(dataset, labels, colours)]
         right_colour = stroke_colour(images, dataset) == colours
         figures["zero_shot"] = {j: zero_shot(reads[j] == labels, right_colour, held_out) for j in instruments}
+    return figures | near_copies(images, labels, real_distances, train)
+
+
+def near_copies(images, labels, real_distances, train):
+    """Share of images nearer their nearest training image than all but NEAR_COPY_PERCENTILE of the
+    real references are (real_distances (M,)), and the images' median distance to training."""
     threshold = real_distances.quantile(NEAR_COPY_PERCENTILE)
     distances = nearest_training_distance(images, labels, *train)
-    return figures | {
+    return {
         "near_copies": (distances < threshold).float().mean().item(),
         "median_training_distance": distances.median().item(),
     }
@@ -228,13 +253,13 @@ def measure(args):
     model.to(device), dvae.to(device)
     train, split = load_data(args, dataset, dvae.config.image_size)
     per_concept = max(1, args.samples // len(dataset.concepts))
-    prompts, concepts = sample_prompts(dataset, per_concept, args.seed)
+    prompts, concepts = sample_prompts(dataset, per_concept, split_seed(args))
     samples = len(prompts)
     prompted = (concepts // len(dataset.colours), concepts % len(dataset.colours))  # (labels, colours)
     pick = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(1))[:samples]
     other = train[0][pick]  # other real images, for the floor and the dVAE's reference
     shown, _ = as_seen(dataset, other, train[1][pick], torch.Generator().manual_seed(2))
-    reconstructions = torch.cat([dvae.decode(dvae.encode(to_float(x).to(device))).cpu() for x in shown.split(1000)])
+    reconstructions = reconstruct(dvae, shown, device)
     judge_dir = Path(args.judge_dir) / dataset.source
     instruments = {
         name: Instrument(
@@ -242,7 +267,10 @@ def measure(args):
         )
         for name in JUDGES
     }
-    real_distances = nearest_training_distance(to_float(split[0][:samples]), split[1][:samples], *train)
+    split_shown, _ = as_seen(dataset, split[0][:samples], split[1][:samples], torch.Generator().manual_seed(3))
+    # near-copies: samples are dVAE decodes, so the reference distances are those of decodes of real split
+    # images (raw digits are sharper, and a blurred copy of a training digit would not count as one)
+    real_distances = nearest_training_distance(reconstruct(dvae, split_shown, device), split[1][:samples], *train)
 
     text = encode_prompts(tokenizer, prompts)
     images, seconds = generate(model, dvae, text, args, device)
@@ -261,6 +289,7 @@ def measure(args):
     return {
         "dataset": dataset.name,
         "split": args.split,
+        "sampling_seed": split_seed(args),
         "draws": draws,
         "judges": {name: instrument.references() for name, instrument in instruments.items()},
         "real_median_training_distance": real_distances.median().item(),
