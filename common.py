@@ -113,7 +113,7 @@ def precision_context(precision, device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-# Sampling defaults (README "Finding the CPU recipe"): reranking filters out wrong digits, so the
+# Sampling defaults (docs/experiments.md, sampling settings): reranking filters out wrong digits, so the
 # transformer can sample above temperature 1 and give the reranker a wider choice.
 SAMPLING_TEMPERATURE = 1.3
 CANDIDATES = 8

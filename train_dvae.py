@@ -49,7 +49,8 @@ def parse_args(argv=None):
 
 
 def schedules(t, step):
-    """(temperature, kl_weight, learning_rate) at `step` (appendix A.2, cosine schedules)."""
+    """(temperature, kl_weight, learning_rate) at `step` (appendix A.2): tau and the learning rate on
+    cosine schedules, the KL weight ramped up linearly."""
     total = t.num_training_steps
     temperature = cosine(t.temperature_start, t.temperature_end, step / max(1.0, t.temperature_anneal_fraction * total))
     kl_weight = t.kl_weight * min(1.0, step / max(1.0, t.kl_warmup_fraction * total))
