@@ -16,6 +16,7 @@ import torch
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
 from torchvision.io import decode_image, encode_png
 
 from common import atomic_write, dall_e_from_checkpoint, encode_prompts, load_checkpoint
@@ -242,7 +243,8 @@ def test_the_page_draws_a_prompt_and_completes_a_stroke_in_a_real_browser(traine
     driver = start_browser()
     try:
         driver.get("http://127.0.0.1:%d/" % server.server_address[1])
-        set_value = "document.getElementById(arguments[0]).value = arguments[1]"
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button"))  # /info read
+        set_value = "const e = document.getElementById(arguments[0]); e.value = arguments[1]; e.oninput()"
         driver.execute_script(set_value, "candidates", 1)
         driver.find_element(By.ID, "prompt").send_keys("seven")
         driver.find_element(By.ID, "draw").click()
