@@ -7,15 +7,16 @@ A standard-library server and one static page (static/demo.html). POST /draw tak
 settings as JSON and answers in JSON lines, one event each, as the model samples:
 
     {"event": "primer", "image": ...}                                    completion: what the model is shown
-    {"event": "token", "candidate": c, "step": i, "tokens": [...], "image": ...}      after every token
+    {"event": "token", "candidate": c, "step": i, "first": P, "tokens": [...], "image": ...}  each token
     {"event": "candidate", "candidate": c, "image": ..., "score": p, "accepted": ...}  each finished draw
     {"event": "done", "kept": c, "image": ...}
 
-Images are PNG data URLs. The tokens come from sampling.generate_images, the sampler
-generate_mnist.py uses, through DallE.generate's on_token hook: the same prompt, seed and settings
-give the same image in both. A partial image decodes the tokens drawn so far with every cell still
-to come set to the code the dVAE gives an empty patch. One drawing runs at a time; up to --queue
-requests wait for it, and the others are answered at once that the page is busy.
+P is the number of primer tokens kept; images are PNG data URLs. The tokens come from
+sampling.generate_images, the sampler generate_mnist.py uses, through DallE.generate's on_token
+hook: the same prompt, seed and settings give the same image in both. A partial image decodes the
+tokens drawn so far with every cell still to come set to the code the dVAE gives an empty patch.
+One drawing runs at a time; up to --queue requests wait for it, and the others are answered at
+once that the page is busy.
 """
 
 import argparse
@@ -186,15 +187,11 @@ class Painter:
         request.prime, request.shown = primer_tokens(self.dvae, image, kept_rows)
         request.shown[..., kept_rows * d.image_size // G :, :] = 0.5  # what the model is not shown: grey
 
-    @torch.no_grad()
-    def draw(self, request, send):
-        """Sample for a parsed request as generate_mnist.py does, calling send(event) for every event."""
+    def watcher(self, text, first, send):
+        """(on_token, finished): a hook for DallE.generate that sends each partial grid painted, and each
+        finished candidate with the reranker's probability of the prompt; `finished` collects their images."""
         n, G = self.dvae.config.grid_size**2, self.dvae.config.grid_size
-        text, prime = request.text.to(self.device), request.prime
-        first = 0 if prime is None else prime.shape[1]
         finished, wanted = [], None if self.reranker is None else self.reranker.concept_of(text)[0]
-        if request.shown is not None:
-            send({"event": "primer", "image": data_url(request.shown[0])})
 
         def on_token(step, tokens):
             grid = torch.cat([tokens[0], self.blank[step + 1 :]]).view(1, G, G)
@@ -209,6 +206,15 @@ class Painter:
                 send({"event": "candidate", "candidate": c, "image": data_url(image[0]), "score": score,
                       "accepted": accepted})  # fmt: skip
 
+        return on_token, finished
+
+    @torch.no_grad()
+    def draw(self, request, send):
+        """Sample for a parsed request as generate_mnist.py does, calling send(event) for every event."""
+        text, prime = request.text.to(self.device), request.prime
+        if request.shown is not None:
+            send({"event": "primer", "image": data_url(request.shown[0])})
+        on_token, finished = self.watcher(text, 0 if prime is None else prime.shape[1], send)
         generator = torch.Generator(self.device).manual_seed(request.seed)
         s = request.settings
         reranker = self.reranker if s.candidates > 1 else None
@@ -243,7 +249,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(503, {"error": "busy: others are drawing; try again in a few seconds"})
         try:
             self.draw(painter, body)
-        except (BrokenPipeError, ConnectionResetError):
+        except (ConnectionError, TimeoutError):
             self.log_message("the page went away mid-drawing")
         finally:
             painter.slots.release()

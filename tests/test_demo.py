@@ -206,6 +206,16 @@ def test_twenty_requests_at_once_are_each_answered_and_none_hangs(server):
     assert len(drawn) == QUEUE + 1 and all(events[-1]["event"] == "done" for events in drawn)
 
 
+def test_a_page_closed_mid_drawing_leaves_the_server_drawing_for_others(server):
+    address, _ = server
+    connection = http.client.HTTPConnection(*address, timeout=60)
+    connection.request("POST", "/draw", json.dumps({"prompt": "7", "candidates": 16}).encode())
+    response = connection.getresponse()
+    assert json.loads(response.readline())["event"] == "token"
+    response.close(), connection.close()
+    assert post(address, {"prompt": "7", "candidates": 1})[1][-1]["event"] == "done"
+
+
 def test_the_script_refuses_a_missing_checkpoint_and_a_taken_port(server, checkpoint, tmp_path):
     assert_clean_error(run_script("demo.py", "--dall_e_checkpoint", tmp_path / "none.pt"), "checkpoint not found")
     taken = run_script("demo.py", "--dall_e_checkpoint", checkpoint, "--port", server[0][1])
