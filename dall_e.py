@@ -101,6 +101,7 @@ class DallE(nn.Module):
         generator=None,
         use_cache=True,
         return_logits=False,
+        on_token=None,
     ):
         """text (B, T) -> sampled image tokens (B, G, G); with return_logits also the logits sampled from.
 
@@ -110,7 +111,8 @@ class DallE(nn.Module):
         empty prompt (null_text), one batch of 2B rows whose halves keep their own keys and values
         in the cache; each token is drawn from uncond + S * (cond - uncond). S = 1 is plain
         sampling, at no extra cost. With use_cache=False every step re-runs the whole sequence;
-        the tokens are the same.
+        the tokens are the same. on_token(i, tokens (B, i + 1)), if given, is called after each
+        drawn token i, so a caller can watch the grid fill (demo.py); it does not change the draw.
         """
         self.check_lengths(text, prime, exact=False)
         B, T = text.shape
@@ -134,6 +136,8 @@ class DallE(nn.Module):
             sampled.append(logits)
             next_token = sample_token(logits, temperature, top_k, top_p, generator)  # (B,)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, i + 1)
+            if on_token is not None:
+                on_token(i, tokens)
             x, start = self.image_embedding(next_token.repeat(rows // B)[:, None]), T + i  # (rows, 1, D)
         grid = rearrange(tokens, "b (h w) -> b h w", h=self.grid_size)  # raster order back onto the grid
         if return_logits:

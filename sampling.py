@@ -37,7 +37,7 @@ def draw(model, dvae, text, prime=None, generator=None, precision="fp32", **samp
     """text (B, T), prime (B, P) or None -> images (B, C, S, S) in [0, 1], float32.
 
     precision: auto, fp32 or bf16; sampling: DallE.generate's options (temperature, top_k, top_p,
-    guidance, use_cache).
+    guidance, use_cache, on_token).
     """
     rows = len(text) * (2 if sampling.get("guidance", 1.0) != 1.0 else 1)
     with precision_context(sampling_precision(precision, text.device, rows), text.device):
