@@ -48,7 +48,7 @@ from common import (
 from data import read_image_file, to_float
 from errors import UserError, run_main
 from rerank import ACCEPT
-from sampling import generate_images
+from sampling import completion_prime, generate_images
 
 PAGE = Path(__file__).resolve().parent / "static" / "demo.html"
 MAX_BODY = 2**20  # bytes in one request: a drawn or uploaded primer is far smaller
@@ -71,18 +71,6 @@ def data_url(image):
     """(C, S, S) in [0, 1] -> a PNG data URL, each pixel rounded to 8 bits."""
     png = encode_png(image.mul(255).round().to(torch.uint8).cpu())
     return "data:image/png;base64," + base64.b64encode(png.numpy().tobytes()).decode("ascii")
-
-
-def primer_tokens(dvae, image, kept_rows):
-    """image (1, C, S, S) in [0, 1] -> (its first kept_rows token rows (1, kept_rows * G), the image encoded).
-
-    The pixel rows below the kept token rows are blanked before encoding: the encoder's convolutions
-    would otherwise carry the hidden part into the kept tokens.
-    """
-    G, S = dvae.config.grid_size, dvae.config.image_size
-    shown = image.clone()
-    shown[..., kept_rows * S // G :, :] = 0
-    return dvae.encode(shown).flatten(1)[:, : kept_rows * G], shown
 
 
 def read_number(fields, name, kind, default):
@@ -184,7 +172,8 @@ class Painter:
         if not 0 <= kept_rows <= G:
             raise UserError(f"kept rows must be between 0 and the grid's {G}, got {kept_rows}")
         image = read_primer_image(fields["image"], d.channels, d.image_size).to(self.device)
-        request.prime, request.shown = primer_tokens(self.dvae, image, kept_rows)
+        request.prime = completion_prime(self.dvae, image, kept_rows)  # (1, kept_rows * G)
+        request.shown = image.clone()
         request.shown[..., kept_rows * d.image_size // G :, :] = 0.5  # what the model is not shown: grey
 
     def watcher(self, text, first, send):

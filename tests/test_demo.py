@@ -20,11 +20,10 @@ from selenium.webdriver.support.wait import WebDriverWait
 from torchvision.io import decode_image, encode_png
 
 from common import atomic_write, dall_e_from_checkpoint, encode_prompts, load_checkpoint
-from config import DVAEConfig
 from conftest import assert_clean_error, run_script
-from demo import MAX_BODY, Painter, data_url, make_server, primer_tokens
-from dvae import DiscreteVAE
+from demo import MAX_BODY, Painter, data_url, make_server
 from rerank import ACCEPT
+from sampling import completion_prime
 
 QUEUE = 2
 
@@ -85,19 +84,6 @@ def test_watching_the_tokens_does_not_change_them(checkpoint):
     assert all(torch.equal(tokens, watched.flatten(1)[:, : step + 1]) for step, tokens in seen)
 
 
-def test_the_kept_rows_do_not_see_the_hidden_part_of_the_primer():
-    torch.manual_seed(0)
-    dvae = DiscreteVAE(DVAEConfig()).eval()  # untrained: its codes react to any change in their receptive field
-    top = torch.rand(1, 1, 32, 32)
-    other = top.clone()
-    other[..., 12:, :] = 1.0  # the same pixel rows above token row 3, others below
-    kept, shown = primer_tokens(dvae, top, 3)
-    assert kept.shape == (1, 24) and torch.equal(kept, primer_tokens(dvae, other, 3)[0])
-    assert shown[..., 12:, :].eq(0).all() and torch.equal(shown[..., :12, :], top[..., :12, :])
-    leaked = dvae.encode(top).flatten(1)[:, :24], dvae.encode(other).flatten(1)[:, :24]
-    assert not torch.equal(*leaked)  # encoding the whole image would carry the hidden part into the kept rows
-
-
 def test_the_grid_arrives_token_by_token_and_the_kept_candidate_is_marked(server):
     address, _ = server
     status, events = post(address, {"prompt": "seven", "candidates": 3, "seed": 2})
@@ -139,7 +125,7 @@ def test_a_completion_keeps_the_primer_rows_and_draws_the_rest(server):
     assert status == 200 and events[0]["event"] == "primer"
     shown = pixels(events[0]["image"])
     assert shown[:, 12:].eq(128 / 255).all() and shown[:, :12].max() == 1  # the hidden rows grey, the bar kept
-    expected, _ = primer_tokens(painter.dvae, torch.nn.functional.pad(digit, (2, 2, 2, 2))[None], 3)
+    expected = completion_prime(painter.dvae, torch.nn.functional.pad(digit, (2, 2, 2, 2))[None], 3)
     tokens = [e for e in events if e["event"] == "token"]
     assert [e["step"] for e in tokens] == list(range(24, 64)) and tokens[0]["first"] == 24
     assert tokens[-1]["tokens"][:24] == expected[0].tolist()
