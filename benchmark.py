@@ -31,26 +31,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
-from captions import DATASETS
-from common import (
-    SAMPLING_TEMPERATURE,
-    add_precision_flag,
-    dall_e_from_checkpoint,
-    dataset_of,
-    encode_prompts,
-    fast_bf16,
-    load_checkpoint,
-    pick_device,
-    precision_context,
-    print_rows,
-    reranker_from_checkpoint,
-    resolve_precision,
-)
+from captions import DATASETS, encode_prompts
+from checkpoints import load_dall_e
 from config import load_config
 from dall_e import DallE
+from device import fast_bf16, pick_device, precision_context, resolve_precision
 from dvae import DiscreteVAE
 from errors import UserError, run_main
-from sampling import generate_images
+from flags import SAMPLING_TEMPERATURE, add_precision_flag
+from sampling import sample_in_batches
+from summarize import print_rows
 from tokenizer import Tokenizer
 
 
@@ -152,7 +142,7 @@ def sampling_speeds(model, dvae, prompts, device, precision, guidance):
         settings["guided"] = {"guidance": guidance}
     figures = {}
     for name, options in settings.items():
-        work = lambda: generate_images(model, dvae, prompts, precision=precision, **options)  # noqa: E731
+        work = lambda: sample_in_batches(model, dvae, prompts, batch, precision=precision, **options)  # noqa: E731
         seconds = timed(work, device, 3 if batch == 1 else 1, 1)
         figures[f"sampling_images_per_s_batch{'1' if batch == 1 else '_large'}_{name}"] = batch / seconds
     return figures
@@ -202,7 +192,8 @@ def measure(args):
         figures["sampling_images_per_s_batch_large_cache"] / figures["sampling_images_per_s_batch_large_guided"]
     )
     if args.profile:  # prompts: the large batch, from the last turn of the loop above
-        sampled = profiled(lambda: generate_images(model, dvae, prompts, precision=args.precision), device)
+        batch = len(prompts)
+        sampled = profiled(lambda: sample_in_batches(model, dvae, prompts, batch, precision=args.precision), device)
         profiles[f"sampling, batch {len(prompts)}"] = sampled
         for name, table in profiles.items():
             print(f"{name}:\n{table}")
@@ -282,7 +273,7 @@ def print_comparison(reference, figures, reference_path):
     print_rows(rows)
 
 
-SETTINGS = (  # (name, generate_images options): README's sampling table
+SETTINGS = (  # (name, sample_in_batches options): README's sampling table
     ("plain, one draw", {}),
     *((f"guidance {g}, one draw", {"guidance": g}) for g in (1.5, 2.0, 3.0, 5.0)),
     *((f"top-p {p}, one draw", {"top_p": p}) for p in (0.8, 0.9, 0.95)),
@@ -293,20 +284,15 @@ SETTINGS = (  # (name, generate_images options): README's sampling table
 
 @torch.no_grad()
 def settings_speed(checkpoint_path, device, precision, prompts):
-    """Images/s of generate_images for each of SETTINGS, on a trained checkpoint, for `prompts` prompts at once."""
-    checkpoint = load_checkpoint(checkpoint_path, "dall_e")
-    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint, checkpoint_path)
-    reranker = reranker_from_checkpoint(checkpoint, checkpoint_path).to(device)
-    model.to(device), dvae.to(device)
-    dataset = dataset_of(checkpoint)
-    captions = [dataset.canonical(c) for c in dataset.concepts]
-    text = encode_prompts(tokenizer, [captions[i % len(captions)] for i in range(prompts)]).to(device)
+    """Images/s of sample_in_batches for each of SETTINGS, on a trained checkpoint, `prompts` prompts in one batch."""
+    trained = load_dall_e(checkpoint_path, need_reranker=True, device=device)
+    captions = [trained.dataset.canonical(c) for c in trained.dataset.concepts]
+    text = encode_prompts(trained.tokenizer, [captions[i % len(captions)] for i in range(prompts)])
     rows = []
     for name, options in SETTINGS:
-        generator = torch.Generator(device).manual_seed(0)
-        work = lambda: generate_images(  # noqa: E731
-            model, dvae, text, generator=generator, reranker=reranker, temperature=SAMPLING_TEMPERATURE,
-            precision=precision, **options,
+        work = lambda: sample_in_batches(  # noqa: E731
+            trained.model, trained.dvae, text, prompts, reranker=trained.reranker,
+            temperature=SAMPLING_TEMPERATURE, precision=precision, **options,
         )  # fmt: skip
         rows.append((name, f"{len(text) / timed(work, device, repeats=1, warmup=0):.0f} images/s"))
     return rows

@@ -142,11 +142,17 @@ def colourise(images, colour_ids, dataset):
     return (images.float() * palette[colour_ids][:, :, None, None]).round().to(torch.uint8)  # (N, 3, S, S)
 
 
-def as_seen(dataset, images, labels, generator):
+def in_training_colours(dataset, images, labels, generator):
     """Grey images (N, 1, S, S) as the model sees them in training: (N, C, S, S), each in a colour its class is
     shown in (grey data unchanged), and their colour indices (N,)."""
     colours = random_colours(labels, dataset.allowed_colours(), generator)
     return colourise(images, colours, dataset), colours
+
+
+def shown_split(dataset, images, labels):
+    """A held-out split as every script measures it: in_training_colours with the fixed seed 0, so that the
+    trainers' validation figures, the figures and evaluate.py see the same coloured images."""
+    return in_training_colours(dataset, images, labels, torch.Generator().manual_seed(0))
 
 
 def concept_index(dataset, labels, colour_ids):
@@ -169,3 +175,20 @@ def sample_prompts(dataset, per_concept, seed=0):
         prompts += [phrasings[(start + i) % len(phrasings)] for i in range(per_concept)]
         concepts += [k] * per_concept
     return prompts, torch.tensor(concepts)
+
+
+def encode_prompts(tokenizer, prompts):
+    """Prompts -> (P, T) token ids; the first bad prompt raises UserError naming it."""
+    return torch.tensor([tokenizer.encode(p) for p in prompts], dtype=torch.long)
+
+
+def check_trained_prompts(tokenizer, dataset, prompts, text):
+    """Refuse a prompt that is none of the captions the model was trained on (held-out pairs included)."""
+    known = {tuple(row.tolist()) for row in caption_table(dataset, tokenizer).flatten(0, 1)}
+    for prompt, ids in zip(prompts, text):
+        if tuple(ids.tolist()) not in known:
+            examples = ", ".join(repr(dataset.canonical(c)) for c in dataset.concepts[:3])
+            raise UserError(
+                f"the model was not trained on prompts like {prompt!r}: it knows one {dataset.name} caption at a time, "
+                f"such as {examples}"
+            )

@@ -23,8 +23,6 @@ import yaml
 
 from errors import UserError
 
-ANCHORS = ("input", "predicted")  # where the sparse masks are laid out (transformer.py)
-
 
 @dataclass
 class DVAEConfig:
@@ -68,7 +66,6 @@ class DallEConfig:
     dropout: float = 0.2  # on the residual branches, against memorising 4,500 digits (docs/experiments.md)
     attention_dropout: float = 0.0  # on the attention weights: as good at 0.1 (with dropout 0.1), 7% slower
     conv_kernel: int = 11  # side of the convolutional attention window (Fig. 11d); the paper's too
-    mask_anchor: str = "input"  # lay masks on the input cell, as the paper does, or on the "predicted" one
 
 
 @dataclass
@@ -85,10 +82,6 @@ class DallETrainConfig:
     text_loss_weight: float = 1.0 / 8  # paper section 2.2: 1/8 text, 7/8 image
     null_prompt_prob: float = 0.1  # share of captions replaced by the empty prompt, for guidance (dall_e.py)
     reranker_steps: int = 600  # training steps of the reranker (rerank.py), before the transformer's
-    augment_copies: int = 0  # extra randomly moved copies of every training digit, tokenised once
-    augment_shift: float = 2.0  # ... each shifted by up to this many pixels,
-    augment_degrees: float = 10.0  # ... rotated by up to this many degrees,
-    augment_scale: float = 0.1  # ... and scaled by a factor within 1 +- this
     grad_clip: float = 1.0
     sample_every: int = 500
     checkpoint_seconds: float = 20.0
@@ -229,7 +222,6 @@ def validate(config: Config):
     _require(
         m.conv_kernel >= 1 and m.conv_kernel % 2 == 1, f"dall_e.conv_kernel must be odd and >= 1, got {m.conv_kernel}"
     )
-    _require(m.mask_anchor in ANCHORS, f"dall_e.mask_anchor must be one of {', '.join(ANCHORS)}, got {m.mask_anchor!r}")
     d = config.train_dall_e
     _validate_training("train_dall_e", d)
     _require(d.warmup_steps >= 0, f"train_dall_e.warmup_steps must be >= 0, got {d.warmup_steps}")
@@ -238,9 +230,6 @@ def validate(config: Config):
     _require(0 <= d.text_loss_weight <= 1, f"train_dall_e.text_loss_weight must be in [0, 1], got {d.text_loss_weight}")
     _require(0 <= d.null_prompt_prob < 1, f"train_dall_e.null_prompt_prob must be in [0, 1), got {d.null_prompt_prob}")
     _require(d.reranker_steps >= 1, f"train_dall_e.reranker_steps must be >= 1, got {d.reranker_steps}")
-    for key in ("augment_copies", "augment_shift", "augment_degrees"):
-        _require(getattr(d, key) >= 0, f"train_dall_e.{key} must be >= 0, got {getattr(d, key)}")
-    _require(0 <= d.augment_scale < 1, f"train_dall_e.augment_scale must be in [0, 1), got {d.augment_scale}")
 
 
 def from_dict(cls, values):
@@ -252,3 +241,13 @@ def from_dict(cls, values):
     if unknown:
         raise UserError(f"checkpoint config has keys this code does not know: {sorted(unknown)}")
     return cls(**{key: _coerce(f"checkpoint config {key}", value, fields[key]) for key, value in values.items()})
+
+
+def config_from_dict(values):
+    """A checkpoint's stored config -> Config, every section, key and type checked (from_dict)."""
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if not isinstance(values, dict) or set(values) - set(sections):
+        raise UserError(f"the checkpoint's config is not one this code knows (sections: {', '.join(sections)})")
+    config = Config(**{f.name: from_dict(f.type, values.get(f.name, {})) for f in dataclasses.fields(Config)})
+    validate(config)
+    return config

@@ -100,10 +100,9 @@ class DallE(nn.Module):
         prime=None,
         generator=None,
         use_cache=True,
-        return_logits=False,
         on_token=None,
     ):
-        """text (B, T) -> sampled image tokens (B, G, G); with return_logits also the logits sampled from.
+        """text (B, T) -> sampled image tokens (B, G, G).
 
         prime (B, P): the first P image tokens in raster order, kept; the other N - P are drawn
         after them (image completion, paper section 3.3).
@@ -124,7 +123,6 @@ class DallE(nn.Module):
         rows = len(text)
         cache = self.transformer.new_cache(rows, text.device, self._cache_dtype(text.device)) if use_cache else None
         x, start = self.embed(text, tokens.repeat(rows // B, 1)), 0  # (rows, T + P, D): the given part
-        sampled = []
         for i in range(tokens.shape[1], n):
             if not use_cache:
                 x, start = self.embed(text, tokens.repeat(rows // B, 1)), 0
@@ -133,15 +131,12 @@ class DallE(nn.Module):
             if guided:
                 cond, uncond = logits.chunk(2)  # (B, K) each
                 logits = uncond + guidance * (cond - uncond)
-            sampled.append(logits)
             next_token = sample_token(logits, temperature, top_k, top_p, generator)  # (B,)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, i + 1)
             if on_token is not None:
                 on_token(i, tokens)
             x, start = self.image_embedding(next_token.repeat(rows // B)[:, None]), T + i  # (rows, 1, D)
         grid = rearrange(tokens, "b (h w) -> b h w", h=self.grid_size)  # raster order back onto the grid
-        if return_logits:
-            return grid, torch.stack(sampled, dim=1) if sampled else tokens.new_empty(B, 0, 0).float()
         return grid
 
     def _cache_dtype(self, device):

@@ -12,7 +12,7 @@ settings as JSON and answers in JSON lines, one event each, as the model samples
     {"event": "done", "kept": c, "image": ...}
 
 P is the number of primer tokens kept; images are PNG data URLs. The tokens come from
-sampling.generate_images, the sampler generate_mnist.py uses, through DallE.generate's on_token
+sampling.sample_in_batches, the sampler generate_mnist.py uses, through DallE.generate's on_token
 hook: the same prompt, seed and settings give the same image in both. A partial image decodes the
 tokens drawn so far with every cell still to come set to the code the dVAE gives an empty patch.
 One drawing runs at a time; up to --queue requests wait for it, and the others are answered at
@@ -32,23 +32,14 @@ from types import SimpleNamespace
 import torch
 from torchvision.io import encode_png
 
-from common import (
-    CANDIDATES,
-    SAMPLING_TEMPERATURE,
-    check_sampling_args,
-    check_trained_prompts,
-    dall_e_from_checkpoint,
-    dataset_of,
-    encode_prompts,
-    load_checkpoint,
-    pick_device,
-    reranker_from_checkpoint,
-    sampling_options,
-)
+from captions import check_trained_prompts, encode_prompts
+from checkpoints import load_dall_e
 from data import read_image_file, to_float
+from device import pick_device
 from errors import UserError, run_main
+from flags import CANDIDATES, SAMPLING_TEMPERATURE, check_sampling_args, sampling_options
 from rerank import ACCEPT
-from sampling import completion_prime, generate_images
+from sampling import completion_prime, sample_in_batches
 
 PAGE = Path(__file__).resolve().parent / "static" / "demo.html"
 MAX_BODY = 2**20  # bytes in one request: a drawn or uploaded primer is far smaller
@@ -105,12 +96,9 @@ class Painter:
     """The models, and the queue: one drawing at a time, at most `queue` more requests waiting."""
 
     def __init__(self, checkpoint_path, device, queue):
-        checkpoint = load_checkpoint(checkpoint_path, "dall_e")
-        self.model, self.dvae, self.tokenizer = dall_e_from_checkpoint(checkpoint, checkpoint_path)
-        self.dataset = dataset_of(checkpoint)
-        has_reranker = "reranker" in checkpoint
-        self.reranker = reranker_from_checkpoint(checkpoint, checkpoint_path).to(device) if has_reranker else None
-        self.model.to(device), self.dvae.to(device)
+        trained = load_dall_e(checkpoint_path, device=device)
+        self.model, self.dvae, self.tokenizer = trained.model, trained.dvae, trained.tokenizer
+        self.dataset, self.reranker = trained.dataset, trained.reranker
         self.device = device
         d = self.dvae.config
         self.blank = self.dvae.encode(torch.zeros(1, d.channels, d.image_size, d.image_size, device=device)).flatten()
@@ -204,14 +192,13 @@ class Painter:
         if request.shown is not None:
             send({"event": "primer", "image": data_url(request.shown[0])})
         on_token, finished = self.watcher(text, 0 if prime is None else prime.shape[1], send)
-        generator = torch.Generator(self.device).manual_seed(request.seed)
         s = request.settings
         reranker = self.reranker if s.candidates > 1 else None
-        kept = generate_images(
-            self.model, self.dvae, text, prime, generator, reranker, s.candidates, "first",
-            on_token=on_token, **sampling_options(s),
+        kept = sample_in_batches(
+            self.model, self.dvae, text, 1, request.seed, prime, reranker, s.candidates, on_token=on_token,
+            **sampling_options(s),
         )  # fmt: skip
-        distances = [(image - kept).abs().sum().item() for image in finished]
+        distances = [(image.cpu() - kept).abs().sum().item() for image in finished]
         kept_index = distances.index(min(distances)) if distances else None
         send({"event": "done", "kept": kept_index, "image": data_url(kept[0])})
 

@@ -149,6 +149,12 @@ class DiscreteVAE(nn.Module):
         return torch.sigmoid(self.decoder(z))
 
 
+@torch.no_grad()
+def encode_in_batches(dvae, images, device, batch_size=500):
+    """(M, C, S, S) uint8 -> (M, G*G) codes in raster order, on the CPU, encoded batch_size images at a time."""
+    return torch.cat([dvae.encode(x.to(device).float() / 255.0).flatten(1).cpu() for x in images.split(batch_size)])
+
+
 def codebook_usage(codes, codebook_size):
     """(distinct codes used, perplexity) of a batch of codes: perplexity = exp(entropy of their histogram)."""
     counts = torch.bincount(codes.flatten(), minlength=codebook_size).float()

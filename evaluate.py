@@ -37,26 +37,27 @@ from pathlib import Path
 
 import torch
 
-from captions import PALETTE, as_seen, caption_table, colourise, concept_index, held_out_mask, sample_prompts
-from common import (
-    add_sampling_flags,
-    check_sampling_args,
-    dall_e_from_checkpoint,
-    dataset_of,
+from captions import (
+    PALETTE,
+    caption_table,
+    colourise,
+    concept_index,
     encode_prompts,
-    load_checkpoint,
-    pick_device,
-    print_rows,
-    reranker_from_checkpoint,
-    resolve_precision,
-    sampling_options,
+    held_out_mask,
+    in_training_colours,
+    sample_prompts,
+    shown_split,
 )
+from checkpoints import load_dall_e
 from dall_e import heldout_losses
 from data import load_images, load_train_and_validation, to_float
-from dvae import reconstruction_metrics
+from device import pick_device, resolve_precision
+from dvae import encode_in_batches, reconstruction_metrics
 from errors import UserError, run_main
+from flags import add_sampling_flags, check_sampling_args, sampling_options
 from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
-from sampling import generate_images
+from sampling import sample_in_batches
+from summarize import print_rows
 
 JUDGE_MIN_ACCURACY = 0.98
 NEAR_COPY_PERCENTILE = 0.01
@@ -90,18 +91,14 @@ def split_seed(args):
     return args.seed + (TEST_SEED_OFFSET if args.split == "test" else 0)
 
 
-def generate(model, dvae, text, args, device, reranker=None, candidates=1):
+def generate(trained, text, args, candidates=1):
     """Images (N, C, S, S) for prompts text (N, T), and the seconds spent."""
-    generator = torch.Generator(device).manual_seed(split_seed(args))
     start = time.perf_counter()
-    images = []
-    prompts_at_once = args.batch_size if args.keep == "first" else max(1, args.batch_size // candidates)
-    for t in text.split(prompts_at_once):
-        drawn = generate_images(
-            model, dvae, t.to(device), None, generator, reranker, candidates, args.keep, **sampling_options(args)
-        )
-        images.append(drawn.cpu())
-    return torch.cat(images), time.perf_counter() - start
+    images = sample_in_batches(
+        trained.model, trained.dvae, text, args.batch_size, split_seed(args), None, trained.reranker, candidates,
+        **sampling_options(args),
+    )  # fmt: skip
+    return images, time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -133,8 +130,8 @@ def nearest_training_distance(images, labels, train_images, train_labels):
     return distances
 
 
-class Instrument:
-    """One judge and its references on the split.
+class JudgeReferences:
+    """One judge and what its verdicts on samples are compared with: its reading of the split's real images.
 
     Every FID compares a set as large as the samples (generated images; other real images, from
     the training split; their dVAE reconstructions) with the same reference set: the first
@@ -190,16 +187,16 @@ def zero_shot(right_class, right_colour, held_out):
     return figures
 
 
-def measure_draws(images, prompted, dataset, instruments, real_distances, train):
+def measure_draws(images, prompted, dataset, references, real_distances, train):
     """Both judges' figures, zero-shot figures (coloured data) and the near-copy share for one set of images."""
     labels, colours = prompted
     figures, reads = {}, {}
-    for name, judge in instruments.items():
+    for name, judge in references.items():
         figures[name], reads[name] = judge.measure(images, labels)
     if dataset.channels == 3:
         held_out = held_out_mask(dataset)[concept_index(dataset, labels, colours)]
         right_colour = stroke_colour(images, dataset) == colours
-        figures["zero_shot"] = {j: zero_shot(reads[j] == labels, right_colour, held_out) for j in instruments}
+        figures["zero_shot"] = {j: zero_shot(reads[j] == labels, right_colour, held_out) for j in references}
     return figures | near_copies(images, labels, real_distances, train)
 
 
@@ -246,11 +243,9 @@ def reranker_retrieval(reranker, split_images, split_labels, dataset, device):
 def measure(args):
     device = pick_device(args.device)
     resolve_precision(args.precision, device)  # refuses bf16 where it cannot run
-    checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
-    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
-    dataset = dataset_of(checkpoint)
+    trained = load_dall_e(args.dall_e_checkpoint, need_reranker=args.candidates > 1, device=device)
+    model, dvae, tokenizer, dataset = trained.model, trained.dvae, trained.tokenizer, trained.dataset
     check_sampling_args(args, dvae.config.codebook_size)
-    model.to(device), dvae.to(device)
     train, split = load_data(args, dataset, dvae.config.image_size)
     per_concept = max(1, args.samples // len(dataset.concepts))
     prompts, concepts = sample_prompts(dataset, per_concept, split_seed(args))
@@ -258,43 +253,45 @@ def measure(args):
     prompted = (concepts // len(dataset.colours), concepts % len(dataset.colours))  # (labels, colours)
     pick = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(1))[:samples]
     other = train[0][pick]  # other real images, for the floor and the dVAE's reference
-    shown, _ = as_seen(dataset, other, train[1][pick], torch.Generator().manual_seed(2))
+    shown, _ = in_training_colours(dataset, other, train[1][pick], torch.Generator().manual_seed(2))
     reconstructions = reconstruct(dvae, shown, device)
     judge_dir = Path(args.judge_dir) / dataset.source
-    instruments = {
-        name: Instrument(
+    references = {
+        name: JudgeReferences(
             load_or_train_judge(judge_dir, name, *train, device), split, other, reconstructions, samples, device
         )
         for name in JUDGES
     }
-    split_shown, _ = as_seen(dataset, split[0][:samples], split[1][:samples], torch.Generator().manual_seed(3))
+    seen_split, colours = shown_split(dataset, split[0], split[1])
     # near-copies: samples are dVAE decodes, so the reference distances are those of decodes of real split
     # images (raw digits are sharper, and a blurred copy of a training digit would not count as one)
-    real_distances = nearest_training_distance(reconstruct(dvae, split_shown, device), split[1][:samples], *train)
+    split_decoded = reconstruct(dvae, seen_split[:samples], device)
+    real_distances = nearest_training_distance(split_decoded, split[1][:samples], *train)
 
     text = encode_prompts(tokenizer, prompts)
-    images, seconds = generate(model, dvae, text, args, device)
-    draws = {"1": measure_draws(images, prompted, dataset, instruments, real_distances, train)}
+    images, seconds = generate(trained, text, args)
+    draws = {"1": measure_draws(images, prompted, dataset, references, real_distances, train)}
     reranker_accuracy, reranked_seconds = None, None
     if args.candidates > 1:
-        reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint).to(device)
-        kept, reranked_seconds = generate(model, dvae, text, args, device, reranker, args.candidates)
-        draws[str(args.candidates)] = measure_draws(kept, prompted, dataset, instruments, real_distances, train)
-        reranker_accuracy = reranker_retrieval(reranker, split[0][:samples], split[1][:samples], dataset, device)
+        kept, reranked_seconds = generate(trained, text, args, args.candidates)
+        draws[str(args.candidates)] = measure_draws(kept, prompted, dataset, references, real_distances, train)
+        reranker_accuracy = reranker_retrieval(
+            trained.reranker, split[0][:samples], split[1][:samples], dataset, device
+        )
 
-    seen_split, colours = as_seen(dataset, split[0], split[1], torch.Generator().manual_seed(0))
     captions = caption_table(dataset, tokenizer)
     split_text = captions[concept_index(dataset, split[1], colours), 0].to(device)
-    codes = torch.cat([dvae.encode(to_float(x).to(device)).flatten(1) for x in seen_split.split(1000)])
+    codes = encode_in_batches(dvae, seen_split, device).to(device)
     return {
         "dataset": dataset.name,
         "split": args.split,
         "sampling_seed": split_seed(args),
         "draws": draws,
-        "judges": {name: instrument.references() for name, instrument in instruments.items()},
+        "judges": {name: reference.references() for name, reference in references.items()},
         "real_median_training_distance": real_distances.median().item(),
         "bits_per_image_token": heldout_losses(model, split_text, codes)["image_loss"] / math.log(2),
         "dvae": reconstruction_metrics(dvae, seen_split, device),
+        "codebook_size": dvae.config.codebook_size,
         "reranker_accuracy": reranker_accuracy,
         "samples": samples,
         "sampling_images_per_second": samples / seconds,
@@ -331,10 +328,10 @@ def draw_rows(label, d, judges):
     return rows
 
 
-def print_table(m, codebook_size):
+def print_table(m):
     rows = []
     for candidates, d in m["draws"].items():
-        rows += draw_rows("one draw" if candidates == "1" else f"{m['keep']} of {candidates}", d, m["judges"])
+        rows += draw_rows("one draw" if candidates == "1" else f"first of {candidates}", d, m["judges"])
     a = m["judges"]["A"]
     rows += [
         (
@@ -344,7 +341,10 @@ def print_table(m, codebook_size):
         ),
         ("bits per image token", f"{m['bits_per_image_token']:.3f} on {m['split_images']:,} {m['split']} images"),
         ("dVAE MSE", f"{m['dvae']['mse']:.5f}"),
-        ("dVAE codes used", f"{m['dvae']['codes_used']}/{codebook_size}, perplexity {m['dvae']['perplexity']:.1f}"),
+        (
+            "dVAE codes used",
+            f"{m['dvae']['codes_used']}/{m['codebook_size']}, perplexity {m['dvae']['perplexity']:.1f}",
+        ),
         ("judge accuracy", " ".join(f"{j} {m['judges'][j]['accuracy_on_real']:.2%}" for j in JUDGES) + " on real"),
     ]
     if m["reranker_accuracy"] is not None:
@@ -362,7 +362,6 @@ def main():
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
     settings = {
-        "keep": args.keep,
         "batch_size": args.batch_size,
         "temperature": args.temperature,
         "top_k": args.top_k,
@@ -376,9 +375,8 @@ def main():
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    codebook_size = load_checkpoint(args.dall_e_checkpoint, "dall_e")["dvae"]["dvae_config"]["codebook_size"]
     print(f"{metrics['dataset']}, {args.split} split")
-    print_table(metrics, codebook_size)
+    print_table(metrics)
     for name, judge in metrics["judges"].items():
         if judge["accuracy_on_real"] < JUDGE_MIN_ACCURACY:
             print(

@@ -4,7 +4,7 @@
     python generate_mnist.py --prompts_file prompts.txt --samples_per_prompt 4 --seed 0
     python generate_mnist.py                      # the lesson's 8x8 grid of 64 prompts
     python generate_mnist.py --dall_e_checkpoint output/dall_e_colour/latest.pt --prompt "a blue seven"
-    python generate_mnist.py --prompt 9 --prime_test_digit 0 --prime_rows 3 --samples_per_prompt 6
+    python generate_mnist.py --prompt 9 --prime_validation_digit 0 --prime_rows 3 --samples_per_prompt 6
     python generate_mnist.py --prompt 3 --guidance 2 --top_p 0.9
 
 The checkpoint says which dataset it was trained on; prompts use that dataset's words.
@@ -23,30 +23,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from captions import as_seen
-from common import (
-    add_sampling_flags,
-    atomic_write,
-    check_dvae_matches,
-    check_output_dir,
-    check_request_fits,
-    check_sampling_args,
-    check_trained_prompts,
-    dall_e_from_checkpoint,
-    dataset_of,
-    dvae_from_checkpoint,
-    encode_prompts,
-    load_checkpoint,
-    pick_device,
-    reranker_from_checkpoint,
-    resolve_precision,
-    sampling_options,
-)
+from captions import check_trained_prompts, encode_prompts, in_training_colours
+from checkpoints import check_dvae_matches, dvae_from_checkpoint, load_checkpoint, load_dall_e
 from data import load_train_and_validation, read_image_file, to_float
+from device import pick_device, resolve_precision
 from errors import UserError, run_main
-from sampling import completion_prime, generate_images
+from files import atomic_write, check_output_dir
+from flags import add_sampling_flags, check_sampling_args, sampling_options
+from sampling import check_request_fits, completion_prime, sample_in_batches
+
+BATCH_SIZE = 256  # prompts sampled at once, by default
 
 # The 64 prompts of the lesson's results grid, row by row.
 LESSON_PROMPTS = """
@@ -78,7 +65,7 @@ def parse_args(argv=None):
         "size, grey or colour) and draw the rest under each prompt (optional)",
     )
     primer.add_argument(
-        "--prime_test_digit",
+        "--prime_validation_digit",
         type=int,
         metavar="I",
         help="image completion from the I-th image of the validation split, held out from training (optional)",
@@ -86,8 +73,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--prime_rows", type=int, help="token rows of the primer kept, 0 to the grid size (default: half the grid)"
     )
-    parser.add_argument("--data_dir", default="data", help="training images, for --prime_test_digit (default: data)")
-    add_sampling_flags(parser, batch_size=256)
+    parser.add_argument(
+        "--data_dir", default="data", help="training images, for --prime_validation_digit (default: data)"
+    )
+    add_sampling_flags(parser, batch_size=BATCH_SIZE)
     parser.add_argument("--output_dir", default="output/dall_e_samples", help="default: %(default)s")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     return parser.parse_args(argv)
@@ -117,41 +106,30 @@ def read_prompts(args, dataset):
 
 
 def read_primer(args, dataset, dvae_config):
-    """The primer image (1, C, S, S) uint8 from --prime_image or --prime_test_digit, or None."""
+    """The primer image (1, C, S, S) uint8 from --prime_image or --prime_validation_digit, or None."""
     if args.prime_image is not None:
         return read_image_file(args.prime_image, dataset.channels, dvae_config.image_size)
     _, (images, labels) = load_train_and_validation(
         dataset.source, args.data_dir, dvae_config.image_size, log=lambda line: None
     )
-    if not 0 <= args.prime_test_digit < len(images):
-        raise UserError(f"--prime_test_digit must be between 0 and {len(images) - 1}, got {args.prime_test_digit}")
-    i = slice(args.prime_test_digit, args.prime_test_digit + 1)
-    shown, _ = as_seen(dataset, images[i], labels[i], torch.Generator().manual_seed(args.prime_test_digit))
+    if not 0 <= args.prime_validation_digit < len(images):
+        raise UserError(
+            f"--prime_validation_digit must be between 0 and {len(images) - 1}, got {args.prime_validation_digit}"
+        )
+    i = slice(args.prime_validation_digit, args.prime_validation_digit + 1)
+    shown, _ = in_training_colours(
+        dataset, images[i], labels[i], torch.Generator().manual_seed(args.prime_validation_digit)
+    )
     return shown
 
 
 def check_priming(args, grid_size):
-    primed = args.prime_image is not None or args.prime_test_digit is not None
+    primed = args.prime_image is not None or args.prime_validation_digit is not None
     if args.prime_rows is not None and not primed:
-        raise UserError("--prime_rows needs an image to complete: add --prime_image FILE or --prime_test_digit I")
+        raise UserError("--prime_rows needs an image to complete: add --prime_image FILE or --prime_validation_digit I")
     if args.prime_rows is not None and not 0 <= args.prime_rows <= grid_size:
         raise UserError(f"--prime_rows must be between 0 and the grid's {grid_size} rows, got {args.prime_rows}")
     return primed
-
-
-@torch.no_grad()
-def sample(model, dvae, text, args, device, reranker=None, prime=None):
-    """text (N, T), prime (N, P) or None -> images (N, C, S, S) in [0, 1], in batches, from one seeded generator."""
-    generator = torch.Generator(device).manual_seed(args.seed)
-    chunks = []
-    primes = prime.split(args.batch_size) if prime is not None else [None] * math.ceil(len(text) / args.batch_size)
-    for batch, p in tqdm(zip(text.split(args.batch_size), primes), desc="sampling", total=len(primes)):
-        images = generate_images(
-            model, dvae, batch.to(device), p if p is None else p.to(device), generator, reranker,
-            args.candidates, args.keep, **sampling_options(args),
-        )  # fmt: skip
-        chunks.append(images.cpu())
-    return torch.cat(chunks)
 
 
 MAX_LABELLED = 256  # sample.png shows at most this many images; samples.npz holds them all
@@ -208,32 +186,32 @@ def main():
     device = pick_device(args.device)
     resolve_precision(args.precision, device)  # refuses bf16 where it cannot run
     check_output_dir(args.output_dir)
-    checkpoint = load_checkpoint(args.dall_e_checkpoint, "dall_e")
-    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint, args.dall_e_checkpoint)
-    dataset = dataset_of(checkpoint)
-    reranker = reranker_from_checkpoint(checkpoint, args.dall_e_checkpoint) if args.candidates > 1 else None
+    trained = load_dall_e(args.dall_e_checkpoint, need_reranker=args.candidates > 1, device=device)
+    model, dvae, tokenizer, dataset = trained.model, trained.dvae, trained.tokenizer, trained.dataset
     if args.dvae_checkpoint:
-        own = dvae.config
-        dvae = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"), args.dvae_checkpoint)
-        check_dvae_matches(dvae.config, own, args.dvae_checkpoint)
+        other = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"), args.dvae_checkpoint)
+        check_dvae_matches(other.config, dvae.config, args.dvae_checkpoint)
+        dvae = other.to(device)
     if args.samples_per_prompt < 1:
         raise UserError(f"--samples_per_prompt must be >= 1, got {args.samples_per_prompt}")
     check_sampling_args(args, dvae.config.codebook_size)
     primed = check_priming(args, dvae.config.grid_size)
     asked = read_prompts(args, dataset)
-    rows = args.batch_size * (2 if args.guidance != 1 else 1) * (args.candidates if args.keep == "best" else 1)
-    check_request_fits(len(asked) * args.samples_per_prompt, rows, model, dvae)
+    sequences = args.batch_size * (2 if args.guidance != 1 else 1)  # guidance runs each prompt twice
+    check_request_fits(len(asked) * args.samples_per_prompt, sequences, model, dvae)
     check_trained_prompts(tokenizer, dataset, asked, encode_prompts(tokenizer, asked))  # before any work
     prompts = [p for p in asked for _ in range(args.samples_per_prompt)]
     text = encode_prompts(tokenizer, prompts)  # (N, T)
-    model.to(device), dvae.to(device)
     prime, primer, kept_rows = None, None, None
     if primed:
         primer = to_float(read_primer(args, dataset, dvae.config)).to(device)  # (1, C, S, S)
-        rows = dvae.config.grid_size // 2 if args.prime_rows is None else args.prime_rows
-        prime = completion_prime(dvae, primer, rows).expand(len(text), -1)  # (N, P)
-        primer, kept_rows = primer[0].cpu(), rows * dvae.config.image_size // dvae.config.grid_size
-    images = sample(model, dvae, text, args, device, reranker and reranker.to(device), prime)
+        token_rows = dvae.config.grid_size // 2 if args.prime_rows is None else args.prime_rows
+        prime = completion_prime(dvae, primer, token_rows).expand(len(text), -1)  # (N, P)
+        primer, kept_rows = primer[0].cpu(), token_rows * dvae.config.image_size // dvae.config.grid_size
+    images = sample_in_batches(
+        model, dvae, text, args.batch_size, args.seed, prime, trained.reranker, args.candidates, progress=True,
+        **sampling_options(args),
+    )  # fmt: skip
     if not images.isfinite().all():
         raise UserError(
             f"{args.dall_e_checkpoint} drew non-finite pixels (NaN); its weights are damaged, nothing written"

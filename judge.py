@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import load_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, save_checkpoint
 from data import random_affine, to_float
 
 FEATURES = 128

@@ -16,21 +16,13 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from captions import as_seen
-from common import (
-    CANDIDATES,
-    GUIDANCE,
-    SAMPLING_TEMPERATURE,
-    dall_e_from_checkpoint,
-    dataset_of,
-    dvae_from_checkpoint,
-    load_checkpoint,
-    reranker_from_checkpoint,
-)
+from captions import encode_prompts, shown_split
+from checkpoints import dataset_of, dvae_from_checkpoint, load_checkpoint, load_dall_e
 from data import load_train_and_validation, to_float
 from errors import run_main
-from generate_mnist import completion_grid, default_prompts, labelled_grid
-from sampling import completion_prime, generate_images
+from flags import CANDIDATES, GUIDANCE, SAMPLING_TEMPERATURE
+from generate_mnist import BATCH_SIZE, completion_grid, default_prompts, labelled_grid
+from sampling import completion_prime, sample_in_batches
 from train_dvae import save_reconstructions
 from transformer import MASK_KINDS, attention_mask, layer_mask_kinds
 
@@ -56,19 +48,16 @@ def save(figure, path):
 
 def masks_figure(path, text_length=3, grid_size=4, kernel=3):
     """The three masks of appendix B.1 (Fig. 11) on a small grid, from transformer.attention_mask itself."""
-    figure, axes = plt.subplots(2, 3, figsize=(10, 7))
-    for row, anchor in enumerate(("input", "predicted")):
-        for ax, kind in zip(axes[row], MASK_KINDS):
-            mask = attention_mask(kind, text_length, grid_size, kernel, anchor)
-            ax.imshow(mask, cmap="Blues", vmin=0, vmax=1.4)
-            ax.axhline(text_length - 0.5, color="k", lw=0.8)
-            ax.axvline(text_length - 0.5, color="k", lw=0.8)
-            ax.set_title(
-                f"{kind}, laid out on the {anchor} cell" + (" (paper)" if anchor == "input" else ""), fontsize=9
-            )
-            ax.set_xlabel("key position", fontsize=8)
-            ax.set_ylabel("query position", fontsize=8)
-            ax.tick_params(labelsize=6)
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3.8))
+    for ax, kind in zip(axes, MASK_KINDS):
+        mask = attention_mask(kind, text_length, grid_size, kernel)
+        ax.imshow(mask, cmap="Blues", vmin=0, vmax=1.4)
+        ax.axhline(text_length - 0.5, color="k", lw=0.8)
+        ax.axvline(text_length - 0.5, color="k", lw=0.8)
+        ax.set_title(f"{kind}, laid out on the input cell (paper)", fontsize=9)
+        ax.set_xlabel("key position", fontsize=8)
+        ax.set_ylabel("query position", fontsize=8)
+        ax.tick_params(labelsize=6)
     schedule = ", ".join(layer_mask_kinds(4))
     figure.suptitle(
         f"{text_length} text tokens + a {grid_size}x{grid_size} grid, conv kernel {kernel}; "
@@ -185,41 +174,35 @@ def samples_over_training_figure(path, grids):
     save(figure, path)
 
 
-def draw_as_generate(model, dvae, reranker, text, **options):
-    """Images for text (N, T) as generate_mnist.py draws them by default (seed 0): the first of 8 accepted."""
-    return generate_images(
-        model, dvae, text, generator=torch.Generator().manual_seed(0), reranker=reranker, candidates=CANDIDATES,
-        temperature=SAMPLING_TEMPERATURE, guidance=GUIDANCE, **options,
+def draw_as_generate(trained, prompts, prime=None):
+    """Images for the prompts as generate_mnist.py draws them by default: seed 0, the first of 8 accepted."""
+    text = encode_prompts(trained.tokenizer, prompts)
+    return sample_in_batches(
+        trained.model, trained.dvae, text, BATCH_SIZE, 0, prime, trained.reranker, CANDIDATES,
+        temperature=SAMPLING_TEMPERATURE, guidance=GUIDANCE,
     )  # fmt: skip
 
 
 @torch.no_grad()
 def samples_figure(path, checkpoint_path):
     """generate_mnist.py's default prompts and sampling: the first of 8 draws the reranker accepts."""
-    checkpoint = load_checkpoint(checkpoint_path, "dall_e")
-    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
-    reranker = reranker_from_checkpoint(checkpoint, checkpoint_path)
-    prompts = default_prompts(dataset_of(checkpoint))
-    text = torch.tensor([tokenizer.encode(p) for p in prompts])
-    images = draw_as_generate(model, dvae, reranker, text)
-    save(labelled_grid(images, prompts), path)
+    trained = load_dall_e(checkpoint_path, need_reranker=True)
+    prompts = default_prompts(trained.dataset)
+    save(labelled_grid(draw_as_generate(trained, prompts), prompts), path)
 
 
 @torch.no_grad()
 def zero_shot_figure(path, checkpoint_path, per_pair=2):
     """For every digit: its held-out colour (never seen in training) beside a seen one, reranked as generate draws."""
-    checkpoint = load_checkpoint(checkpoint_path, "dall_e")
-    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
-    dataset = dataset_of(checkpoint)
-    reranker = reranker_from_checkpoint(checkpoint, checkpoint_path)
+    trained = load_dall_e(checkpoint_path, need_reranker=True)
+    dataset = trained.dataset
     held = dict(dataset.held_out)
     k = len(dataset.colours)
     rotated = {d: dataset.colours[d % k :] + dataset.colours[: d % k] for d in held}  # varied seen colours
     seen = {d: next(c for c in rotated[d] if dataset.seen(d, c)) for d in held}
     rows = [("held out", held), ("seen", seen)]
     prompts = [dataset.canonical((d, colours[d])) for _, colours in rows for _ in range(per_pair) for d in range(10)]
-    text = torch.tensor([tokenizer.encode(p) for p in prompts])
-    images = draw_as_generate(model, dvae, reranker, text)
+    images = draw_as_generate(trained, prompts)
     figure, axes = plt.subplots(len(rows) * per_pair, 10, figsize=(12, 1.45 * len(rows) * per_pair))
     for ax, image, prompt in zip(axes.flat, images, prompts):
         ax.imshow(image.permute(1, 2, 0).numpy())
@@ -233,16 +216,13 @@ def zero_shot_figure(path, checkpoint_path, per_pair=2):
 @torch.no_grad()
 def completion_figure(path, checkpoint_path, data_dir, rows=3, per_prompt=6):
     """Image completion (paper section 3.3): the top rows of a validation 7, completed under four prompts."""
-    checkpoint = load_checkpoint(checkpoint_path, "dall_e")
-    model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
-    reranker = reranker_from_checkpoint(checkpoint, checkpoint_path)
-    c = dvae.config
+    trained = load_dall_e(checkpoint_path, need_reranker=True)
+    c = trained.dvae.config
     _, (validation, labels) = load_train_and_validation("mnist", data_dir, c.image_size, log=lambda line: None)
     primer = to_float(validation[labels == 7][:1])  # (1, 1, S, S)
     prompts = [p for p in ("seven", "nine", "one", "four") for _ in range(per_prompt)]
-    prime = completion_prime(dvae, primer, rows).expand(len(prompts), -1)  # (N, rows * G)
-    text = torch.tensor([tokenizer.encode(p) for p in prompts])
-    images = draw_as_generate(model, dvae, reranker, text, prime=prime)
+    prime = completion_prime(trained.dvae, primer, rows).expand(len(prompts), -1)  # (N, rows * G)
+    images = draw_as_generate(trained, prompts, prime)
     save(completion_grid(images, prompts, primer[0], rows * c.image_size // c.grid_size, per_prompt), path)
 
 
@@ -268,7 +248,7 @@ def main():
         _, (grey, labels) = load_train_and_validation(
             dataset.source, args.data_dir, c.image_size, log=lambda line: None
         )
-        validation, _ = as_seen(dataset, grey, labels, torch.Generator().manual_seed(0))
+        validation, _ = shown_split(dataset, grey, labels)
         codebook_figure(docs / "codebook.png", dvae, validation)
         save_reconstructions(dvae, validation, docs / "dvae_reconstructions.png", "cpu")
         print(f"wrote {docs / 'dvae_reconstructions.png'}")

@@ -36,7 +36,9 @@ import torch.nn.functional as F
 
 
 @dataclass
-class RerankerShape:
+class RerankerConfig:
+    """The reranker's sizes, set by train_mnist.py from the tokenizer and dataset, stored in the checkpoint."""
+
     vocab_size: int  # the tokenizer's, pads included
     num_words: int  # ids below this are words; the rest are padding
     text_length: int
@@ -47,23 +49,23 @@ class RerankerShape:
 
 
 class Reranker(nn.Module):
-    def __init__(self, shape: RerankerShape):
+    def __init__(self, config: RerankerConfig):
         super().__init__()
-        self.shape = shape
-        self.num_words = shape.num_words
-        self.word_embedding = nn.Embedding(shape.vocab_size, shape.embed_dim)
-        self.text_projection = nn.Linear(shape.embed_dim, shape.embed_dim)
+        self.config = config
+        self.num_words = config.num_words
+        self.word_embedding = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.text_projection = nn.Linear(config.embed_dim, config.embed_dim)
         self.image_encoder = nn.Sequential(
-            nn.Conv2d(shape.channels, 32, 4, stride=2, padding=1),
+            nn.Conv2d(config.channels, 32, 4, stride=2, padding=1),
             nn.ReLU(),  # (B, 32, S/2, S/2)
             nn.Conv2d(32, 64, 4, stride=2, padding=1),
             nn.ReLU(),  # (B, 64, S/4, S/4)
             nn.AdaptiveAvgPool2d(4),
             nn.Flatten(),  # (B, 64 * 16)
-            nn.Linear(64 * 16, shape.embed_dim),
+            nn.Linear(64 * 16, config.embed_dim),
         )
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learned temperature
-        captions = torch.zeros(shape.concepts, shape.phrasings, shape.text_length, dtype=torch.long)
+        captions = torch.zeros(config.concepts, config.phrasings, config.text_length, dtype=torch.long)
         self.register_buffer("captions", captions)  # (concepts, P, T) every phrasing; set by train_reranker
 
     def encode_text(self, text):
@@ -99,30 +101,12 @@ class Reranker(nn.Module):
 ACCEPT = 0.9  # the reranker accepts a candidate when the prompt's concept is at least this probable
 
 
-@torch.no_grad()
-def rerank(images, text, reranker, candidates, keep="first"):
-    """images (B * candidates, C, S, S) drawn for text (B, T), each prompt's adjacent -> (B, C, S, S).
-
-    keep="first": per prompt, the first candidate the reranker accepts (the prompt's concept has
-    probability above ACCEPT), or the most probable one where it accepts none.
-    keep="best": the most probable one, as the paper does.
-    """
-    B = len(text)
-    wanted = reranker.concept_of(text).repeat_interleave(candidates)  # (B * candidates,)
-    p = reranker.concept_probabilities(images)[torch.arange(len(images)), wanted].view(B, candidates)
-    choice = p.argmax(dim=1)  # (B,)
-    if keep == "first":
-        accepted = p > ACCEPT
-        choice = torch.where(accepted.any(dim=1), accepted.float().argmax(dim=1), choice)
-    return images.view(B, candidates, *images.shape[1:])[torch.arange(B), choice]
-
-
 def reranker_state(model):
-    """What a checkpoint stores: the shape and the weights."""
-    return {"shape": dataclasses.asdict(model.shape), "model": model.state_dict()}
+    """What a checkpoint stores: the config (under "shape", its name in earlier checkpoints) and the weights."""
+    return {"shape": dataclasses.asdict(model.config), "model": model.state_dict()}
 
 
 def reranker_from_state(state):
-    model = Reranker(RerankerShape(**state["shape"]))
+    model = Reranker(RerankerConfig(**state["shape"]))
     model.load_state_dict(state["model"])
     return model.eval().requires_grad_(False)

@@ -1,13 +1,20 @@
 """From prompts to pictures: sample image tokens, decode them with the dVAE, rerank (paper section 2.3).
 
 The model files each do one thing: dall_e.py draws tokens, dvae.py turns tokens into pixels,
-rerank.py scores images against prompts. This module is the pipeline the scripts share.
+rerank.py scores images against prompts. This module is the pipeline every script shares:
+sample_in_batches (generate_mnist.py, evaluate.py, benchmark.py, make_figures.py) -> generate_images
+(reranking) -> draw (tokens, then pixels, in the batch's precision).
 """
 
-import torch
+import math
+import os
 
-from common import fast_bf16, precision_context
-from rerank import ACCEPT, rerank
+import torch
+from tqdm import tqdm
+
+from device import fast_bf16, precision_context
+from errors import UserError
+from rerank import ACCEPT
 
 SMALLEST_BF16_BATCH = 128  # sampling fewer rows at once, bf16 autocast costs more than it saves (docs/engineering.md)
 
@@ -45,30 +52,42 @@ def draw(model, dvae, text, prime=None, generator=None, precision="fp32", **samp
 
 
 @torch.no_grad()
-def generate_images(
-    model, dvae, text, prime=None, generator=None, reranker=None, candidates=1, keep="first", **sampling
-):
+def sample_in_batches(model, dvae, text, batch_size, seed=0, prime=None, reranker=None, candidates=1, progress=False,
+                      **sampling):  # fmt: skip
+    """text (N, T), prime (N, P) or None -> images (N, C, S, S) in [0, 1] on the CPU.
+
+    batch_size prompts at a time on the model's device, all from one generator seeded with `seed`:
+    the same prompts, seed, batch size and precision give the same images. sampling: draw's options.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    primes = prime.split(batch_size) if prime is not None else [None] * math.ceil(len(text) / batch_size)
+    chunks = []
+    for batch, p in tqdm(zip(text.split(batch_size), primes), desc="sampling", total=len(primes), disable=not progress):
+        p = None if p is None else p.to(device)
+        images = generate_images(model, dvae, batch.to(device), p, generator, reranker, candidates, **sampling)
+        chunks.append(images.cpu())
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def generate_images(model, dvae, text, prime=None, generator=None, reranker=None, candidates=1, **sampling):
     """text (B, T) -> images (B, C, S, S) in [0, 1]; sampling: draw's options.
 
-    With a reranker, each prompt gets up to `candidates` draws and keeps one (paper section 2.3;
-    see rerank.py): keep="first", the first the reranker accepts as showing the prompt, else its
-    favourite; keep="best", its favourite of all `candidates`.
+    With a reranker, each prompt gets up to `candidates` draws and keeps the first the reranker
+    accepts as showing the prompt, else its favourite (paper section 2.3; see rerank.py).
     """
     if reranker is None or candidates == 1:
         return draw(model, dvae, text, prime, generator, **sampling)
-    if keep == "first":
-        return first_accepted(model, dvae, text, prime, generator, reranker, candidates, **sampling)
-    drawn = text.repeat_interleave(candidates, dim=0)  # (B * candidates, T), each prompt's draws adjacent
-    primes = None if prime is None else prime.repeat_interleave(candidates, dim=0)
-    return rerank(draw(model, dvae, drawn, primes, generator, **sampling), text, reranker, candidates, "best")
+    return first_accepted(model, dvae, text, prime, generator, reranker, candidates, **sampling)
 
 
 @torch.no_grad()
 def first_accepted(model, dvae, text, prime, generator, reranker, candidates, **sampling):
     """Draw in rounds of one candidate per prompt; a prompt stops drawing once the reranker accepts one.
 
-    The same choice as drawing all candidates and keeping the first accepted (rerank.py), but the
-    prompts the first draw already satisfies (most of them) cost one draw, not `candidates`.
+    The same choice as drawing all candidates and keeping the first accepted, but the prompts the
+    first draw already satisfies (most of them) cost one draw, not `candidates`.
     """
     B = len(text)
     wanted = reranker.concept_of(text)  # (B,) the concept each prompt asks for
@@ -84,3 +103,29 @@ def first_accepted(model, dvae, text, prime, generator, reranker, candidates, **
         if len(pending) == 0:
             break
     return kept
+
+
+def available_memory():
+    """Bytes of memory free for this process now (physical memory where the OS does not say)."""
+    pages = os.sysconf("SC_AVPHYS_PAGES") if "SC_AVPHYS_PAGES" in os.sysconf_names else os.sysconf("SC_PHYS_PAGES")
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def sampling_memory(images, rows, model, dvae):
+    """Rough bytes a sampling request holds at once: every image kept (float32, twice while saving)
+    plus, for one batch of `rows` sequences, the KV cache and the decoder's widest activations."""
+    c, d = model.config, dvae.config
+    kept = 2 * images * d.channels * d.image_size**2 * 4
+    cache = 2 * c.n_layer * rows * model.transformer.max_length * c.n_embd * 4
+    decoding = 4 * rows * d.hidden_dim * 2 * d.image_size**2 * 4
+    return kept + cache + decoding
+
+
+def check_request_fits(images, rows, model, dvae):
+    """Refuse with one line, before any work, a request this machine's memory cannot hold."""
+    needed, free = sampling_memory(images, rows, model, dvae), available_memory()
+    if needed > free:
+        raise UserError(
+            f"{images:,} images in batches of {rows:,} sequences need about {needed / 2**30:.1f} GiB of memory, "
+            f"more than the {free / 2**30:.1f} GiB free; ask for fewer images or a smaller --batch_size"
+        )

@@ -14,8 +14,14 @@ import argparse
 import json
 from pathlib import Path
 
-from common import print_rows
 from errors import UserError, run_main
+
+
+def print_rows(rows):
+    """Print (name, value) pairs as a two-column table (evaluate.py and benchmark.py print theirs so too)."""
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
 
 
 def parse_args(argv=None):
@@ -44,7 +50,7 @@ def table_rows(m):
     """Markdown rows of one metrics.json: its one-draw set, then its reranked set where there is one."""
     rows = []
     for draws, d in m["draws"].items():
-        kind = "1" if draws == "1" else f"{m['keep']} of {draws}"
+        kind = "1" if draws == "1" else f"first of {draws}"
         speed = m["sampling_images_per_second"] if draws == "1" else m["reranked_images_per_second"]
         rows.append(
             f"| {m['guidance']:g} | {m['top_p'] or 'off'} | {kind} "

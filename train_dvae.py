@@ -15,28 +15,25 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from captions import as_seen
-from common import (
-    add_common_flags,
-    add_training_flags,
-    choose_dataset,
-    experiment_config,
-    load_checkpoint,
-    lock_output_dir,
-    resume_seed,
-)
+from captions import in_training_colours, shown_split
+from checkpoints import load_checkpoint
 from data import batch_indices, load_train_and_validation, to_float
+from device import precision_context
 from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
 from errors import run_main
+from experiment import choose_dataset, experiment_config, resume_seed
+from files import lock_output_dir
+from flags import add_common_flags, add_training_flags
 from training import (
-    Loop,
+    Bookkeeping,
+    clip_gradients,
     cosine,
     finish_run,
-    fit,
     restore,
     set_learning_rate,
     start_run,
     step_generator,
+    step_seed,
     wrap,
 )
 
@@ -80,7 +77,7 @@ def main():
     (train_images, train_labels), (validation_images, validation_labels) = load_train_and_validation(
         dataset.source, args.data_dir, config.dvae.image_size, log=run.log
     )
-    validation_images, _ = as_seen(dataset, validation_images, validation_labels, torch.Generator().manual_seed(0))
+    validation_images, _ = shown_split(dataset, validation_images, validation_labels)
     model = DiscreteVAE(config.dvae)
     optimizer, start_step = restore(
         resumed, model, lambda m: torch.optim.AdamW(m.parameters(), lr=t.learning_rate), run
@@ -89,28 +86,7 @@ def main():
     run.log(f"dVAE: {sum(p.numel() for p in model.parameters()):,} parameters, {config.dvae.codebook_size} codes")
     batches = batch_indices(len(train_images), t.batch_size, args.seed, start_step, run.rank, run.world_size)
 
-    def train_step(step):
-        temperature, kl_weight, learning_rate = schedules(t, step)
-        set_learning_rate(optimizer, learning_rate)
-        index = next(batches)
-        images, _ = as_seen(
-            dataset, train_images[index], train_labels[index], step_generator(args.seed, step, run.rank)
-        )
-        images = to_float(images).to(run.device)
-        out = ddp_model(images, temperature, kl_weight)
-        _, perplexity = codebook_usage(out["codes"], config.dvae.codebook_size)
-        return {
-            "loss": out["loss"],
-            "reconstruction": out["reconstruction"],
-            "kl": out["kl"],
-            "mse": out["mse"],
-            "tau": temperature,
-            "kl_weight": kl_weight,
-            "lr": learning_rate,
-            "ppl": perplexity,
-        }
-
-    def on_sample(step):
+    def on_sample(step):  # on rank 0, every sample_every steps
         model.eval()
         validation = reconstruction_metrics(model, validation_images, run.device)
         save_reconstructions(model, validation_images, output_dir / f"recon-{step}.png", run.device)
@@ -131,17 +107,30 @@ def main():
             "optimizer": optimizer.state_dict(),
         }
 
-    loop = Loop(
-        "dvae",
-        output_dir,
-        t.num_training_steps,
-        t.sample_every,
-        t.checkpoint_seconds,
-        t.grad_clip,
-        ("loss", "mse", "tau", "ppl"),
-    )
     output_dir.mkdir(parents=True, exist_ok=True)
-    fit(loop, run, ddp_model, optimizer, train_step, make_checkpoint, on_sample, start_step)
+    shown = ("loss", "mse", "tau", "ppl")
+    with Bookkeeping(run, "dvae", output_dir, t, start_step, make_checkpoint, on_sample, shown) as books:
+        for step in range(start_step, t.num_training_steps):
+            torch.manual_seed(
+                step_seed(args.seed, step, run.rank)
+            )  # dropout, Gumbel noise: fixed by (seed, step, rank)
+            temperature, kl_weight, learning_rate = schedules(t, step)
+            set_learning_rate(optimizer, learning_rate)
+            index = next(batches)
+            colours = step_generator(args.seed, step, run.rank)
+            images, _ = in_training_colours(dataset, train_images[index], train_labels[index], colours)
+            with precision_context(run.precision, run.device):
+                out = ddp_model(to_float(images).to(run.device), temperature, kl_weight)  # the ELBO, in forward()
+                _, perplexity = codebook_usage(out["codes"], config.dvae.codebook_size)
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            grad_norm = clip_gradients(model, t.grad_clip)
+            interrupted = books.check(out["loss"], grad_norm, step)  # stops every process before a NaN step
+            optimizer.step()
+            books.check_weights(model, step)
+            metrics = {name: out[name] for name in ("loss", "reconstruction", "kl", "mse")}
+            metrics |= {"tau": temperature, "kl_weight": kl_weight, "lr": learning_rate, "ppl": perplexity}
+            books.end_step(step + 1, metrics | {"grad_norm": grad_norm}, interrupted)
     run.log(f"done: {output_dir / 'latest.pt'}")
     finish_run(run, model)
 

@@ -22,35 +22,37 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from captions import as_seen, caption_table, colourise, concept_index, random_colours
-from common import (
-    add_common_flags,
-    add_training_flags,
-    check_dvae_matches,
-    choose_dataset,
-    dvae_from_checkpoint,
+from captions import (
+    caption_table,
+    colourise,
+    concept_index,
     encode_prompts,
-    experiment_config,
-    load_checkpoint,
-    lock_output_dir,
-    reranker_from_checkpoint,
-    resume_seed,
+    in_training_colours,
+    random_colours,
+    shown_split,
 )
+from checkpoints import check_dvae_matches, checkpoint_part, dvae_from_checkpoint, load_checkpoint
 from dall_e import DallE, heldout_losses
 from data import batch_indices, load_train_and_validation, random_affine, to_float
+from device import precision_context
+from dvae import encode_in_batches
 from errors import UserError, run_main
-from rerank import Reranker, RerankerShape, reranker_state
-from sampling import generate_images
+from experiment import choose_dataset, experiment_config, resume_seed
+from files import lock_output_dir
+from flags import add_common_flags, add_training_flags
+from rerank import Reranker, RerankerConfig, reranker_from_state, reranker_state
+from sampling import sample_in_batches
 from tokenizer import Tokenizer
 from training import (
-    Loop,
+    Bookkeeping,
+    clip_gradients,
     cosine,
     finish_run,
-    fit,
     restore,
     set_learning_rate,
     start_run,
     step_generator,
+    step_seed,
     wrap,
 )
 from transformer import MASK_KINDS, mask_density
@@ -82,49 +84,29 @@ def learning_rate(t, step):
     return cosine(t.learning_rate, t.min_learning_rate, progress)
 
 
-@torch.no_grad()
-def encode_all(dvae, images, device, augment=None, batch_size=500):
-    """(M, C, S, S) uint8 -> (M, G*G) image tokens, raster order; `augment` moves each float batch first."""
-    chunks = []
-    for x in tqdm(images.split(batch_size), desc="tokenising", leave=False):
-        x = to_float(x)
-        chunks.append(dvae.encode((augment(x) if augment else x).to(device)).flatten(1).cpu())
-    return torch.cat(chunks)
-
-
-def tokenise_training_set(dvae, images, labels, t, seed, device, dataset):
-    """(M, colours, G*G) codes of every image in every colour, plus t.augment_copies randomly moved copies.
+def tokenise_training_set(dvae, images, labels, device, dataset):
+    """(M, colours, G*G) codes of every image in every colour (M, 1, G*G for grey data), tokenised once.
 
     Colours a class is never shown in are tokenised too (it is simpler) but never drawn in training.
     """
-    generator = torch.Generator().manual_seed(seed)
-
-    def augment(x):
-        return random_affine(x, generator, t.augment_shift, t.augment_degrees, t.augment_scale)
-
-    def in_every_colour(moved):
-        """(M, colours, G*G): the images in each colour, moved first where `moved`."""
-        coloured = [colourise(images, torch.full((len(images),), c), dataset) for c in range(len(dataset.colours))]
-        return torch.stack([encode_all(dvae, x, device, augment if moved else None) for x in coloured], dim=1)
-
-    codes = [in_every_colour(False)] + [in_every_colour(True) for _ in range(t.augment_copies)]
-    return torch.cat(codes), labels.repeat(1 + t.augment_copies)
+    coloured = [colourise(images, torch.full((len(images),), c), dataset) for c in range(len(dataset.colours))]
+    return torch.stack([encode_in_batches(dvae, x, device) for x in tqdm(coloured, desc="tokenising", leave=False)], 1)
 
 
-def train_reranker(images, labels, dataset, captions, shape, device, steps=600, batch_size=128, seed=0):
+def train_reranker(images, labels, dataset, captions, config, device, steps=600, batch_size=128, seed=0):
     """A Reranker trained contrastively (CLIP's symmetric loss) on (image, caption) pairs of seen concepts.
 
     images (N, 1, S, S) uint8 grey, labels (N,), captions (concepts, P, T) -> the Reranker, eval mode.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = Reranker(shape).to(device)
+    model = Reranker(config).to(device)
     model.captions.copy_(captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     for step in tqdm(range(steps), desc="training reranker", leave=False):
         set_learning_rate(optimizer, cosine(2e-3, 0.0, step / steps))
         index = torch.randint(0, len(images), (batch_size,), generator=generator)
-        x, colours = as_seen(dataset, images[index], labels[index], generator)
+        x, colours = in_training_colours(dataset, images[index], labels[index], generator)
         x = random_affine(to_float(x), generator, 2.0, 10.0, 0.1).to(device)
         concepts = concept_index(dataset, labels[index], colours)
         text = captions[concepts, torch.randint(0, captions.shape[1], (batch_size,), generator=generator)]
@@ -212,19 +194,18 @@ def main():
         dataset.source, args.data_dir, config.dvae.image_size, log=run.log
     )
     if resumed:
-        reranker = reranker_from_checkpoint(resumed, output_dir / "latest.pt")
+        reranker = reranker_from_state(checkpoint_part(resumed, "reranker", output_dir / "latest.pt"))
     else:
-        shape = RerankerShape(tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels,
-                              *captions.shape[:2])  # fmt: skip
-        reranker = train_reranker(
-            train_images, train_labels, dataset, captions, shape, run.device, t.reranker_steps, seed=args.seed
+        reranker_config = RerankerConfig(
+            tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels, *captions.shape[:2]
         )
-    train_codes, train_labels = tokenise_training_set(
-        dvae, train_images, train_labels, t, args.seed, run.device, dataset
-    )
+        reranker = train_reranker(
+            train_images, train_labels, dataset, captions, reranker_config, run.device, t.reranker_steps, seed=args.seed
+        )
+    train_codes = tokenise_training_set(dvae, train_images, train_labels, run.device, dataset)
     allowed = dataset.allowed_colours()  # (classes, colours)
-    shown, colours = as_seen(dataset, validation_images, validation_labels, torch.Generator().manual_seed(0))
-    validation_codes = encode_all(dvae, shown, run.device)
+    shown, colours = shown_split(dataset, validation_images, validation_labels)
+    validation_codes = encode_in_batches(dvae, shown, run.device)
     concepts = concept_index(dataset, validation_labels, colours)
     validation_text = captions[concepts, torch.arange(len(concepts)) % captions.shape[1]]  # (M, T), every phrasing
     grid = grid_prompts(dataset)
@@ -235,38 +216,18 @@ def main():
     sampler = ema.module if ema else model  # what draws: the moving average of the weights, where there is one
     ddp_model = wrap(model, run)
     m = config.dall_e
-    densities = ", ".join(
-        f"{k} {mask_density(k, dvae.config.grid_size, m.conv_kernel, m.mask_anchor):.0%}" for k in MASK_KINDS
-    )
+    densities = ", ".join(f"{k} {mask_density(k, dvae.config.grid_size, m.conv_kernel):.0%}" for k in MASK_KINDS)
     run.log(
         f"DALL-E: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"masks keep {densities} of causal image pairs"
     )
     batches = batch_indices(len(train_codes), t.batch_size, args.seed, start_step, run.rank, run.world_size)
 
-    def train_step(step):
-        lr = learning_rate(t, step)
-        set_learning_rate(optimizer, lr)
-        index = next(batches)
-        generator = step_generator(args.seed, step, run.rank)  # colour and phrasing, drawn afresh every step
-        labels = train_labels[index]
-        colours = random_colours(labels, allowed, generator)
-        phrasing = torch.randint(0, captions.shape[1], (len(index),), generator=generator)
-        text = captions[concept_index(dataset, labels, colours), phrasing]  # (B, T)
-        text = drop_prompts(text, null_prompt, t.null_prompt_prob, generator).to(run.device)
-        out = ddp_model(text, train_codes[index, colours].to(run.device), t.text_loss_weight)
-        return {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"], "lr": lr}
-
-    def after_step(step):
-        if ema:
-            ema.update_parameters(model)
-
-    def on_sample(step):
+    def on_sample(step):  # on rank 0, every sample_every steps
         model.eval()
         losses = heldout_losses(sampler, validation_text.to(run.device), validation_codes.to(run.device))
-        generator = torch.Generator(run.device).manual_seed(args.seed)
-        text = encode_prompts(tokenizer, [p for row in grid for p in row]).to(run.device)
-        images = generate_images(sampler, dvae, text, generator=generator)
+        text = encode_prompts(tokenizer, [p for row in grid for p in row])
+        images = sample_in_batches(sampler, dvae, text, len(text), args.seed)
         save_image(images, output_dir / f"sample-{step}.png", nrow=len(grid[0]))
         (output_dir / f"sample_prompts-{step}.txt").write_text("".join(" | ".join(row) + "\n" for row in grid))
         model.train()
@@ -289,27 +250,32 @@ def main():
             "optimizer": optimizer.state_dict(),
         } | ({"ema_model": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)} if ema else {})
 
-    loop = Loop(
-        "dall_e",
-        output_dir,
-        t.num_training_steps,
-        t.sample_every,
-        t.checkpoint_seconds,
-        t.grad_clip,
-        ("loss", "text", "image"),
-    )
     output_dir.mkdir(parents=True, exist_ok=True)
-    fit(
-        loop,
-        run,
-        ddp_model,
-        optimizer,
-        train_step,
-        make_checkpoint,
-        on_sample,
-        start_step,
-        after_step,
-    )
+    shown = ("loss", "text", "image")
+    with Bookkeeping(run, "dall_e", output_dir, t, start_step, make_checkpoint, on_sample, shown) as books:
+        for step in range(start_step, t.num_training_steps):
+            torch.manual_seed(step_seed(args.seed, step, run.rank))  # dropout: fixed by (seed, step, rank)
+            lr = learning_rate(t, step)
+            set_learning_rate(optimizer, lr)
+            index = next(batches)
+            generator = step_generator(args.seed, step, run.rank)  # colour and phrasing, drawn afresh every step
+            labels = train_labels[index]
+            colours = random_colours(labels, allowed, generator)
+            phrasing = torch.randint(0, captions.shape[1], (len(index),), generator=generator)
+            text = captions[concept_index(dataset, labels, colours), phrasing]  # (B, T)
+            text = drop_prompts(text, null_prompt, t.null_prompt_prob, generator).to(run.device)
+            with precision_context(run.precision, run.device):
+                out = ddp_model(text, train_codes[index, colours].to(run.device), t.text_loss_weight)  # 1/8 + 7/8
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            grad_norm = clip_gradients(model, t.grad_clip)
+            interrupted = books.check(out["loss"], grad_norm, step)  # stops every process before a NaN step
+            optimizer.step()
+            books.check_weights(model, step)
+            if ema:
+                ema.update_parameters(model)
+            metrics = {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"], "lr": lr}
+            books.end_step(step + 1, metrics | {"grad_norm": grad_norm}, interrupted)
     run.log(f"done: {output_dir / 'latest.pt'}")
     finish_run(run, model)
 

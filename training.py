@@ -11,14 +11,14 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import load_weights, pick_device, precision_context, resolve_precision, save_checkpoint
+from checkpoints import load_weights, save_checkpoint
+from device import pick_device, resolve_precision
 from errors import UserError
 
 
@@ -128,19 +128,6 @@ def set_learning_rate(optimizer, learning_rate):
         group["lr"] = learning_rate
 
 
-@dataclass
-class Loop:
-    """What the shared loop needs from a script."""
-
-    name: str  # checkpoint prefix: "dvae" -> dvae-<step>.pt
-    output_dir: Path
-    total_steps: int
-    sample_every: int
-    checkpoint_seconds: float
-    grad_clip: float
-    shown: tuple  # metric names for the progress bar
-
-
 class MetricsLog:
     """OUTPUT_DIR/metrics.csv: one `step,metric,value` row per measurement, for make_figures.py.
 
@@ -197,92 +184,93 @@ def agree(run, flags):
     return flags.bool().tolist()
 
 
-def fit(
-    loop: Loop,
-    run: Run,
-    model,
-    optimizer,
-    train_step,
-    make_checkpoint,
-    on_sample,
-    start_step=0,
-    after_step=None,
-):
-    """Optimise from start_step to loop.total_steps.
+class Bookkeeping:
+    """What a training loop does besides learning: log every step to metrics.csv and the progress bar,
+    validate every sample_every steps, save checkpoints, stop every process on a non-finite value,
+    and leave cleanly after Ctrl-C or SIGTERM.
 
-    train_step(step) -> dict of scalar tensors with "loss" (the script sets its schedules there);
-    after_step(step), if given, runs after each optimiser step (train_mnist.py updates its EMA there);
-    make_checkpoint(step) -> the script's checkpoint dict; on_sample(step) writes grids (rank 0) and
-    returns validation figures. Every metric goes to OUTPUT_DIR/metrics.csv (MetricsLog).
     latest.pt is refreshed at least every checkpoint_seconds; <name>-<step>.pt every sample_every
-    steps and at the end. Ctrl-C or SIGTERM saves latest.pt at the next step boundary and exits; a
-    non-finite loss or gradient on any process stops every process before the weights change.
+    steps and at the end (rank 0 writes). make_checkpoint(step) -> the script's checkpoint dict;
+    validate(step) writes grids (rank 0) and returns validation figures.
     """
-    latest = loop.output_dir / "latest.pt"
-    saved = False  # whether this run has written latest.pt
 
-    def save(step, numbered=False):
-        nonlocal saved
-        if run.is_main:
-            payload = make_checkpoint(step) | {"step": step, "seed": run.seed}
-            save_checkpoint(payload, latest)
-            if numbered:
-                save_checkpoint(payload, loop.output_dir / f"{loop.name}-{step}.pt")
-        saved = True
+    def __init__(self, run, name, output_dir, t, start_step, make_checkpoint, validate, shown):
+        self.run, self.name, self.t, self.shown = run, name, t, shown
+        self.make_checkpoint, self.validate = make_checkpoint, validate
+        self.latest = output_dir / "latest.pt"
+        self.saved = start_step > 0  # whether latest.pt holds good weights of this run
+        self.last_save = time.monotonic()
+        self.log = MetricsLog(output_dir / "metrics.csv", start_step, run.is_main)
+        self.bar = tqdm(total=t.num_training_steps, initial=start_step, desc=name, disable=not run.is_main,
+                        dynamic_ncols=True)  # fmt: skip
+        self.interrupts = Interrupts()
 
-    def stop(what, value, step):
-        bar.close()
-        kept = f"{latest} holds the last good weights" if saved or start_step else "no checkpoint was written yet"
+    def __enter__(self):
+        self.interrupts.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        self.interrupts.__exit__(*exc)
+
+    def check(self, loss, grad_norm, step):
+        """Before optimizer.step(): every process agrees (one all-reduce) whether a loss or gradient norm
+        is non-finite anywhere, which stops them all before NaN reaches the weights, and whether a
+        signal came; returns the latter."""
+        bad_loss, bad_gradient, interrupted = agree(
+            self.run, [not torch.isfinite(loss), not torch.isfinite(grad_norm), self.interrupts.received is not None]
+        )
+        if bad_loss or bad_gradient:
+            what, value = ("loss", loss) if bad_loss else ("gradient norm", grad_norm)
+            self.stop(what, value.item() if not value.isfinite() else "non-finite on another process", step)
+        return interrupted
+
+    def check_weights(self, model, step):
+        """After optimizer.step(): a finite but explosive learning rate can still overflow the weights."""
+        if not all(p.isfinite().all() for p in model.parameters()):  # replicas agree: no all-reduce needed
+            self.stop("weights", "non-finite after the optimiser step", step)
+
+    def stop(self, what, value, step):
+        self.bar.close()
+        kept = f"{self.latest} holds the last good weights" if self.saved else "no checkpoint was written yet"
         raise UserError(
-            f"{loop.name} {what} became {value} at step {step + 1}; {kept}; "
+            f"{self.name} {what} became {value} at step {step + 1}; {kept}; "
             "try a lower learning rate (--set <section>.learning_rate=...)"
         )
 
-    last_save = time.monotonic()
-    step = start_step
-    log = MetricsLog(loop.output_dir / "metrics.csv", start_step, run.is_main)
-    bar = tqdm(total=loop.total_steps, initial=start_step, desc=loop.name, disable=not run.is_main, dynamic_ncols=True)
-    with Interrupts() as interrupts:
-        while step < loop.total_steps:
-            torch.manual_seed(step_seed(run.seed, step, run.rank))  # dropout, Gumbel noise: fixed by (seed, step, rank)
-            with precision_context(run.precision, run.device):
-                metrics = train_step(step)
-            loss = metrics["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = loop.grad_clip if loop.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            bad_loss, bad_gradient, interrupted = agree(
-                run,
-                [not torch.isfinite(loss), not torch.isfinite(metrics["grad_norm"]), interrupts.received is not None],
+    def end_step(self, step, metrics, interrupted):
+        """After step `step` (counted from 1): log, validate and save when due; exit if interrupted."""
+        self.log.write(
+            step, {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()}
+        )
+        self.bar.update(1)
+        self.bar.set_postfix(
+            {k: f"{float(torch.as_tensor(metrics[k]).detach()):.4g}" for k in self.shown}, refresh=False
+        )
+        if step % self.t.sample_every == 0 or step == self.t.num_training_steps:
+            if self.run.is_main:
+                self.log.write(step, {f"validation_{name}": value for name, value in self.validate(step).items()})
+            self.save(step, numbered=True)
+        elif interrupted or time.monotonic() - self.last_save >= self.t.checkpoint_seconds:
+            self.save(step)
+        if interrupted:
+            self.bar.close()
+            name, status = Interrupts.SIGNALS[self.interrupts.received or signal.SIGINT]
+            self.run.log(
+                f"interrupted at step {step} ({name}): saved {self.latest}; continue with --resume", error=True
             )
-            if bad_loss or bad_gradient:  # checked before optimizer.step(): NaN never reaches the weights
-                what, value = ("loss", loss) if bad_loss else ("gradient norm", metrics["grad_norm"])
-                stop(what, value.item() if not value.isfinite() else "non-finite on another process", step)
-            optimizer.step()
-            if not all(p.isfinite().all() for p in model.parameters()):  # replicas agree: no all-reduce needed
-                stop("weights", "non-finite after the optimiser step", step)
-            if after_step:
-                after_step(step)
-            step += 1
-            log.write(
-                step, {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()}
-            )
-            bar.update(1)
-            bar.set_postfix(
-                {k: f"{float(torch.as_tensor(metrics[k]).detach()):.4g}" for k in loop.shown}, refresh=False
-            )
-            if step % loop.sample_every == 0 or step == loop.total_steps:
-                if run.is_main:
-                    log.write(step, {f"validation_{name}": value for name, value in on_sample(step).items()})
-                save(step, numbered=True)
-                last_save = time.monotonic()
-            elif interrupted or time.monotonic() - last_save >= loop.checkpoint_seconds:
-                save(step)
-                last_save = time.monotonic()
-            if interrupted:
-                bar.close()
-                name, status = Interrupts.SIGNALS[interrupts.received or signal.SIGINT]
-                run.log(f"interrupted at step {step} ({name}): saved {latest}; continue with --resume", error=True)
-                sys.exit(status)
-    bar.close()
+            sys.exit(status)
+
+    def save(self, step, numbered=False):
+        if self.run.is_main:
+            payload = self.make_checkpoint(step) | {"step": step, "seed": self.run.seed}
+            save_checkpoint(payload, self.latest)
+            if numbered:
+                save_checkpoint(payload, self.latest.parent / f"{self.name}-{step}.pt")
+        self.saved = True
+        self.last_save = time.monotonic()
+
+
+def clip_gradients(model, grad_clip):
+    """Clip the gradients' global norm to grad_clip (0: measure it, clip nothing); returns the norm."""
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)

@@ -4,7 +4,7 @@ The sequence is [T text tokens | N = G*G image tokens in raster order]. Input po
 holds image token z_q (grid cell q) and its output predicts the next cell, p = q + 1; the last
 text position predicts cell 0. In every layer text attends causally to earlier text, and each
 image token attends to all text tokens; among image tokens, each layer uses one of three
-causal masks. As in the paper they are laid out on the *input* cell q (mask_anchor="input"):
+causal masks. As in the paper they are laid out on the *input* cell q:
 
     row     (Fig. 11a): q and the G cells before it in raster order, so the earliest is the cell
                         above q; the predicted cell's upper neighbour, p - G, is always among them;
@@ -18,9 +18,8 @@ causal masks. As in the paper they are laid out on the *input* cell q (mask_anch
                         wraps to the neighbouring row, "like the row attention". The cell above p
                         is q - G + 1, always inside.
 
-mask_anchor="predicted" lays column and conv masks on the predicted cell p instead: column reads
-the cells above p (and q itself); conv reads the earlier cells of the conv_kernel window centred
-on p, no wrap-around (and q itself). Row is the same under both anchors.
+(Laying column and conv masks on the predicted cell instead made no measurable difference:
+docs/experiments.md.)
 
 Layer i (1-based) uses column attention if (i - 2) mod 4 == 0, row attention otherwise, and
 the last layer convolutional attention, as in the paper. The masks are built once as boolean
@@ -52,41 +51,36 @@ def layer_mask_kinds(n_layer):
     return kinds + ["conv"]
 
 
-def image_mask(kind, grid_size, conv_kernel, anchor="input"):
+def image_mask(kind, grid_size, conv_kernel):
     """(N, N) bool, query by key: which image cells the query at input cell q may read (see top)."""
     q = torch.arange(grid_size * grid_size)[:, None]  # (N, 1) the input cell of each query
     k = torch.arange(grid_size * grid_size)[None, :]  # (1, N) the cell of each key
-    causal, itself = k <= q, k == q
-    p = q + 1 if anchor == "predicted" else q  # the cell the mask is laid out on
+    causal = k <= q
     if kind == "row":
         return causal & (q - k <= grid_size)
     if kind == "column":
-        return causal & (((p - k) % grid_size == 0) | itself)
+        return causal & ((q - k) % grid_size == 0)
     if kind == "conv":
         half = conv_kernel // 2
-        if anchor == "predicted":
-            near_rows = (p // grid_size - k // grid_size).abs() <= half
-            near_cols = (p % grid_size - k % grid_size).abs() <= half
-            return causal & ((near_rows & near_cols) | itself)
         offsets = torch.tensor([dr * grid_size + dc for dr in range(-half, 1) for dc in range(-half, half + 1)])
         return causal & torch.isin(k - q, offsets)  # raster offsets wrap at the grid's edges
     raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
 
 
-def attention_mask(kind, text_length, grid_size, conv_kernel, anchor="input"):
+def attention_mask(kind, text_length, grid_size, conv_kernel):
     """(T + N, T + N) bool, True where a query (row) may attend to a key (column)."""
     n = grid_size * grid_size
     mask = torch.zeros(text_length + n, text_length + n, dtype=torch.bool)
     mask[:text_length, :text_length] = torch.ones(text_length, text_length, dtype=torch.bool).tril()
     mask[text_length:, :text_length] = True  # image tokens see the whole prompt
-    mask[text_length:, text_length:] = image_mask(kind, grid_size, conv_kernel, anchor)
+    mask[text_length:, text_length:] = image_mask(kind, grid_size, conv_kernel)
     return mask
 
 
-def mask_density(kind, grid_size, conv_kernel, anchor="input"):
+def mask_density(kind, grid_size, conv_kernel):
     """Share of the causal image-to-image pairs that a mask keeps."""
     n = grid_size * grid_size
-    return image_mask(kind, grid_size, conv_kernel, anchor).sum().item() / (n * (n + 1) // 2)
+    return image_mask(kind, grid_size, conv_kernel).sum().item() / (n * (n + 1) // 2)
 
 
 class KVCache:
@@ -171,10 +165,10 @@ class Transformer(nn.Module):
         self.column_position = nn.Parameter(torch.randn(grid_size, c.n_embd) * 0.02)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
-        masks = [attention_mask(kind, c.text_length, grid_size, c.conv_kernel, c.mask_anchor) for kind in MASK_KINDS]
+        masks = [attention_mask(kind, c.text_length, grid_size, c.conv_kernel) for kind in MASK_KINDS]
         masks = torch.stack(masks)
         self.register_buffer("masks", masks, persistent=False)  # (3, L, L)
-        self.layer_mask = [MASK_KINDS.index(kind) for kind in layer_mask_kinds(c.n_layer)]
+        self.layer_mask = [MASK_KINDS.index(kind) for kind in layer_mask_kinds(c.n_layer)]  # index into MASK_KINDS
         # Sampling shortcut: for a token at position p, the keys the row or column mask allows,
         # a few of up to p + 1; reading only those makes those layers' cached attention cheaper.
         self.sparse_keys = {
@@ -197,10 +191,10 @@ class Transformer(nn.Module):
         T = x.shape[1]
         x = x + self.position_embeddings()[start : start + T]
         for layer, block in enumerate(self.blocks):
-            kind = self.layer_mask[layer]
-            mask = self.masks[kind, start : start + T, : start + T]  # (T, start + T)
-            sparse = cache is not None and T == 1 and kind in self.sparse_keys
-            keys = self.sparse_keys[kind][start].to(x.device) if sparse else None  # (A,) or None
+            mask_index = self.layer_mask[layer]
+            mask = self.masks[mask_index, start : start + T, : start + T]  # (T, start + T)
+            sparse = cache is not None and T == 1 and mask_index in self.sparse_keys
+            keys = self.sparse_keys[mask_index][start].to(x.device) if sparse else None  # (A,) or None
             x = block(x, mask, cache, layer, start, keys)
         return self.ln_f(x)
 

@@ -14,7 +14,7 @@ import yaml
 import generate_mnist
 import train_dvae
 import train_mnist
-from common import save_checkpoint
+from checkpoints import save_checkpoint
 from conftest import TINY
 from errors import run_main
 
@@ -135,7 +135,8 @@ CASES = {
     "top_p zero": generate_case(lambda c: ["--prompt", "7", "--top_p", "0"], "--top_p must be in (0, 1]"),
     "top_p above one": generate_case(lambda c: ["--prompt", "7", "--top_p", "1.5"], "--top_p must be in (0, 1]"),
     "prime rows beyond the grid": generate_case(
-        lambda c: ["--prompt", "7", "--prime_test_digit", "0", "--prime_rows", "9"], "--prime_rows must be between 0"
+        lambda c: ["--prompt", "7", "--prime_validation_digit", "0", "--prime_rows", "9"],
+        "--prime_rows must be between 0",
     ),
     "prime rows without a primer": generate_case(lambda c: ["--prompt", "7", "--prime_rows", "2"], "--prime_image"),
     "primer not an image": generate_case(
@@ -145,7 +146,8 @@ CASES = {
         lambda c: ["--prompt", "7", "--prime_image", c["tmp"] / "none.png"], "image file not found"
     ),
     "test digit out of range": generate_case(
-        lambda c: ["--prompt", "7", "--prime_test_digit", "100000", "--data_dir", c["mnist"]], "--prime_test_digit"
+        lambda c: ["--prompt", "7", "--prime_validation_digit", "100000", "--data_dir", c["mnist"]],
+        "--prime_validation_digit",
     ),
     # generate_mnist.py: checkpoints edited or from another version
     "stored shape changed": generate_case(

@@ -6,12 +6,12 @@ from captions import (
     DATASETS,
     HELD_OUT,
     PALETTE,
-    as_seen,
     caption_table,
     colourise,
     concept_index,
     held_out_mask,
     sample_prompts,
+    shown_split,
 )  # fmt: skip
 from tokenizer import Tokenizer
 
@@ -45,7 +45,7 @@ def test_every_digit_has_a_held_out_pair_and_training_never_shows_one():
     # the images and captions training draws: 20,000 random (digit, colour) choices, none held out
     labels = torch.arange(10).repeat(2000)
     images = torch.full((len(labels), 1, 4, 4), 255, dtype=torch.uint8)
-    shown, colours = as_seen(dataset, images, labels, torch.Generator().manual_seed(0))
+    shown, colours = shown_split(dataset, images, labels)
     concepts = concept_index(dataset, labels, colours)
     assert not held_out_mask(dataset)[concepts].any()
     assert len(set(concepts.tolist())) == 50  # every seen pair does occur

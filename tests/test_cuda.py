@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from common import dall_e_from_checkpoint, load_checkpoint
+from checkpoints import dall_e_from_checkpoint, load_checkpoint
 from conftest import run_script
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")

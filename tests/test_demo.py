@@ -19,9 +19,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 from torchvision.io import decode_image, encode_png
 
-from common import atomic_write, dall_e_from_checkpoint, encode_prompts, load_checkpoint
+from captions import encode_prompts
+from checkpoints import dall_e_from_checkpoint, load_checkpoint
 from conftest import assert_clean_error, run_script
 from demo import MAX_BODY, Painter, data_url, make_server
+from files import atomic_write
 from rerank import ACCEPT
 from sampling import completion_prime
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train_dvae
-from common import dvae_from_checkpoint, load_checkpoint, save_checkpoint
+from checkpoints import dvae_from_checkpoint, load_checkpoint, save_checkpoint
 from config import DVAEConfig, DVAETrainConfig, load_config
 from data import load_images, to_float
 from dvae import DiscreteVAE, codebook_usage

@@ -5,7 +5,7 @@ from unittest import mock
 import pytest
 import torch
 
-from common import fast_bf16, precision_context, resolve_precision
+from device import fast_bf16, precision_context, resolve_precision
 from errors import UserError
 
 

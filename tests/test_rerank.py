@@ -2,41 +2,15 @@ import torch
 
 from captions import DATASETS, caption_table, colourise, concept_index
 from data import load_images, to_float
-from rerank import RerankerShape, rerank, reranker_from_state, reranker_state
+from rerank import RerankerConfig, reranker_from_state, reranker_state
 from train_mnist import train_reranker
-
-
-class FixedReranker:
-    """Stands in for a trained reranker: fixed concept probabilities for each image."""
-
-    def __init__(self, probabilities):
-        self.probabilities = probabilities
-
-    def concept_of(self, text):
-        return text[:, 0]  # in these tests the first token id is the concept
-
-    def concept_probabilities(self, images):
-        return self.probabilities
-
-
-def test_rerank_keeps_the_first_match_or_the_most_probable():
-    candidates = 3
-    text = torch.tensor([[7, 0], [2, 0]])
-    images = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1)  # image i holds the value i
-    p = torch.full((6, 10), 0.05)
-    p[0, 7], p[1, 7], p[2, 7] = 0.2, 0.95, 0.97  # prompt 7: candidate 1 is the first above ACCEPT = 0.9
-    p[3, 2], p[4, 2], p[5, 2] = 0.1, 0.3, 0.2  # prompt 2: none accepted, candidate 1 (0.3) is likeliest
-    chosen = rerank(images, text, FixedReranker(p), candidates, keep="first")
-    assert chosen.shape == (2, 1, 1, 1)
-    assert chosen.flatten().tolist() == [1.0, 4.0]
-    assert rerank(images, text, FixedReranker(p), candidates, keep="best").flatten().tolist() == [2.0, 4.0]
 
 
 def trained_reranker(name, images, labels, steps):
     dataset = DATASETS[name]
     tokenizer = dataset.tokenizer()
     captions = caption_table(dataset, tokenizer)
-    shape = RerankerShape(tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels,
+    shape = RerankerConfig(tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels,
                           *captions.shape[:2])  # fmt: skip
     return train_reranker(images, labels, dataset, captions, shape, "cpu", steps=steps), dataset, captions
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+import dall_e
 from config import DallEConfig, DVAEConfig
 from dall_e import DallE, filtered_probabilities, sample_token
 from dvae import DiscreteVAE
-from rerank import rerank
 from sampling import completion_prime, first_accepted
 from tokenizer import Tokenizer
 from train_mnist import drop_prompts
@@ -65,6 +65,23 @@ def test_null_prompt_is_the_tokenizers_empty_prompt():
     assert model.null_text(3).tolist() == [tokenizer.null_prompt()] * 3
 
 
+def generate_watching_logits(model, text, **options):
+    """model.generate(text, **options) -> (tokens (B, G, G), the logits each token was drawn from (B, n, K))."""
+    seen = []
+
+    def watch(logits, *args, **kwargs):
+        seen.append(logits)
+        return real_sample_token(logits, *args, **kwargs)
+
+    real_sample_token = dall_e.sample_token
+    dall_e.sample_token = watch
+    try:
+        tokens = model.generate(text, **options)
+    finally:
+        dall_e.sample_token = real_sample_token
+    return tokens, torch.stack(seen, dim=1) if seen else torch.empty(len(text), 0, 0)
+
+
 def test_guidance_one_is_plain_sampling():
     model, text = small_model(), prompts()
     plain = model.generate(text, generator=torch.Generator().manual_seed(3))
@@ -77,8 +94,8 @@ def test_guided_logits_combine_the_prompt_and_the_empty_prompt_at_every_step(use
     """The null half must see the empty prompt and keep its own keys and values at every step: its
     logits are checked against a full, uncached pass of [empty prompt | the tokens drawn]."""
     model, text = small_model(), prompts()
-    tokens, logits = model.generate(
-        text, guidance=scale, use_cache=use_cache, generator=torch.Generator().manual_seed(0), return_logits=True
+    tokens, logits = generate_watching_logits(
+        model, text, guidance=scale, use_cache=use_cache, generator=torch.Generator().manual_seed(0)
     )
     cond = full_pass_logits(model, text, tokens)  # (B, N, K)
     uncond = full_pass_logits(model, model.null_text(len(text)), tokens)
@@ -99,7 +116,7 @@ def test_guided_cached_and_uncached_sampling_agree():
 def test_completion_keeps_the_primer_rows_and_draws_the_rest_after_them(rows):
     model, text = small_model(), prompts()
     prime = torch.randint(0, 12, (3, rows * 4), generator=torch.Generator().manual_seed(2))
-    tokens, logits = model.generate(text, prime=prime, generator=torch.Generator().manual_seed(0), return_logits=True)
+    tokens, logits = generate_watching_logits(model, text, prime=prime, generator=torch.Generator().manual_seed(0))
     assert torch.equal(tokens.flatten(1)[:, : rows * 4], prime)
     assert logits.shape[1] == 16 - rows * 4  # only the free cells are drawn
     if rows < 4:
@@ -150,10 +167,6 @@ def test_rounds_of_reranking_choose_as_drawing_all_candidates_would():
     kept = first_accepted(model, IdentityDecoder(), text, None, None, PixelReranker(table), candidates=3)
     assert kept.flatten().tolist() == [1.0, 4.0, 5.0]
     assert model.batch_sizes == [3, 2, 1]  # an accepted prompt stops drawing
-    # the same choice as drawing every candidate up front and reranking (rerank.py), candidates adjacent
-    adjacent = torch.tensor([1, 99, 99, 2, 4, 99, 3, 5, 6]).float().view(9, 1, 1, 1)
-    everything = PixelReranker(table | {99: 0.0})
-    assert rerank(adjacent, text, everything, 3, keep="first").flatten().tolist() == [1.0, 4.0, 5.0]
 
 
 def test_training_replaces_the_prompt_by_the_empty_prompt_at_the_configured_rate():

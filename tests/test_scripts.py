@@ -8,7 +8,7 @@ import torch
 import yaml
 from torchvision.io import decode_image, read_file
 
-from common import save_checkpoint
+from checkpoints import save_checkpoint
 from conftest import TINY, assert_clean_error, run_script
 from judge import RECIPES
 

@@ -5,27 +5,20 @@ from config import DallEConfig
 from transformer import MASK_KINDS, Transformer, attention_mask, layer_mask_kinds, mask_density
 
 
-def readable_cells(kind, anchor, q, grid_size, kernel):
+def readable_cells(kind, q, grid_size, kernel):
     """The module docstring in words, one cell at a time: the image cells that input cell q may read.
 
-    q predicts p = q + 1. Row: q and the grid_size cells before it. Column: the cells above the
-    anchor cell in its column (and q itself). Conv, anchor input: q + dr * G + dc in raster order
-    for |dr|, |dc| <= kernel // 2, causal; anchor predicted: earlier cells of the window centred on p
-    (and q itself).
+    q predicts p = q + 1. Row: q and the grid_size cells before it. Column: q and the cells above q
+    in its column. Conv: q + dr * G + dc in raster order for |dr|, |dc| <= kernel // 2, causal.
     """
-    half, p = kernel // 2, q + 1
+    half = kernel // 2
     cells = set()
     for k in range(q + 1):  # causal: nothing after the input cell
         if kind == "row" and q - k <= grid_size:
             cells.add(k)
-        anchor_cell = p if anchor == "predicted" else q
-        if kind == "column" and (k == q or (k % grid_size == anchor_cell % grid_size and k < anchor_cell)):
+        if kind == "column" and k % grid_size == q % grid_size:
             cells.add(k)
-        if kind == "conv" and anchor == "predicted":
-            near = abs(k // grid_size - p // grid_size) <= half and abs(k % grid_size - p % grid_size) <= half
-            if near or k == q:
-                cells.add(k)
-    if kind == "conv" and anchor == "input":
+    if kind == "conv":
         for dr in range(-half, half + 1):
             for dc in range(-half, half + 1):
                 if 0 <= q + dr * grid_size + dc <= q:
@@ -33,7 +26,7 @@ def readable_cells(kind, anchor, q, grid_size, kernel):
     return cells
 
 
-def brute_force_mask(kind, anchor, text_length, grid_size, kernel):
+def brute_force_mask(kind, text_length, grid_size, kernel):
     """Text attends causally to text; image tokens read every text token and their readable cells."""
     n = text_length + grid_size * grid_size
     mask = torch.zeros(n, n, dtype=torch.bool)
@@ -42,17 +35,16 @@ def brute_force_mask(kind, anchor, text_length, grid_size, kernel):
             mask[i, : i + 1] = True
             continue
         mask[i, :text_length] = True
-        for k in readable_cells(kind, anchor, i - text_length, grid_size, kernel):
+        for k in readable_cells(kind, i - text_length, grid_size, kernel):
             mask[i, text_length + k] = True
     return mask
 
 
-@pytest.mark.parametrize("anchor", ["input", "predicted"])
 @pytest.mark.parametrize("kind", ["row", "column", "conv"])
 @pytest.mark.parametrize("text_length, grid_size, kernel", [(3, 4, 3), (2, 5, 5), (2, 8, 5), (2, 8, 11)])
-def test_masks_match_the_docstring_cell_by_cell(kind, anchor, text_length, grid_size, kernel):
-    expected = brute_force_mask(kind, anchor, text_length, grid_size, kernel)
-    assert torch.equal(attention_mask(kind, text_length, grid_size, kernel, anchor), expected)
+def test_masks_match_the_docstring_cell_by_cell(kind, text_length, grid_size, kernel):
+    expected = brute_force_mask(kind, text_length, grid_size, kernel)
+    assert torch.equal(attention_mask(kind, text_length, grid_size, kernel), expected)
 
 
 @pytest.mark.parametrize("kernel", [3, 5, 11])
@@ -60,15 +52,13 @@ def test_which_layers_read_the_cell_above_the_predicted_one(kernel):
     """On the 8x8 grid, for every predicted cell p below the first row, is cell p - 8 readable?"""
     grid, text = 8, 2
 
-    def reads_above(kind, anchor):
-        mask = attention_mask(kind, text, grid, kernel, anchor)
+    def reads_above(kind):
+        mask = attention_mask(kind, text, grid, kernel)
         return [bool(mask[text + p - 1, text + p - grid]) for p in range(grid, grid * grid)]
 
-    for anchor in ("input", "predicted"):
-        assert all(reads_above("row", anchor)) and all(reads_above("conv", anchor))
-    assert not any(reads_above("column", "input"))  # the paper's column layer reads the column to the left
-    assert all(reads_above("column", "predicted"))
-    column = attention_mask("column", text, grid, kernel, "input")
+    assert all(reads_above("row")) and all(reads_above("conv"))
+    assert not any(reads_above("column"))  # the paper's column layer reads the column to the left
+    column = attention_mask("column", text, grid, kernel)
     for p in range(grid, grid * grid):  # ... that is, the input cell's column
         read = {k for k in range(grid * grid) if column[text + p - 1, text + k]}
         assert {k % grid for k in read} == {(p - 1) % grid}
@@ -91,9 +81,9 @@ def test_mask_densities_on_the_8x8_grid_are_the_readmes():
     assert round(mask_density("conv", 8, 11), 2) == 0.92
 
 
-def small_transformer(anchor="input"):
+def small_transformer():
     torch.manual_seed(0)
-    config = DallEConfig(text_length=3, n_layer=4, n_head=2, n_embd=16, conv_kernel=3, mask_anchor=anchor)
+    config = DallEConfig(text_length=3, n_layer=4, n_head=2, n_embd=16, conv_kernel=3)
     return Transformer(config, grid_size=4).eval()
 
 
@@ -109,9 +99,8 @@ def test_changing_token_j_leaves_earlier_outputs_unchanged():
         assert not torch.allclose(before[:, j], after[:, j], atol=1e-4)
 
 
-@pytest.mark.parametrize("anchor", ["input", "predicted"])
-def test_kv_cache_matches_full_forward(anchor):
-    model = small_transformer(anchor)
+def test_kv_cache_matches_full_forward():
+    model = small_transformer()
     x = torch.randn(2, model.max_length, 16)
     full = model(x)
     cache = model.new_cache(2, x.device, x.dtype)

@@ -1,0 +1,130 @@
+"""The command-line flags the scripts share, their defaults and their checks.
+
+Each script builds its own argparse parser from these groups, so a flag means the same in every
+script: the dataset and folders, training length and resume, device and precision, and how
+images are sampled and reranked.
+"""
+
+import math
+
+from captions import DATASETS
+from device import PRECISIONS
+from errors import UserError
+
+# Sampling defaults (docs/experiments.md, sampling settings): reranking filters out wrong digits, so the
+# transformer can sample above temperature 1 and give the reranker a wider choice.
+SAMPLING_TEMPERATURE = 1.3
+CANDIDATES = 8
+GUIDANCE = 1.0
+MAX_CANDIDATES = 512  # the paper's largest number of draws per caption
+
+
+def add_dataset_flag(parser):
+    parser.add_argument(
+        "--dataset", help=f"{', '.join(DATASETS)} (default: the checkpoint's where there is one, else mnist)"
+    )
+
+
+def add_common_flags(parser, output_dir):
+    """The trainers' flags: dataset, config, folders, device, seed, overrides."""
+    add_dataset_flag(parser)
+    parser.add_argument(
+        "--config_path",
+        help="an experiment YAML holding only what it changes (default: configs/DATASET.yaml where there is one, "
+        "else none: config.py's recipe)",
+    )
+    parser.add_argument("--data_dir", default="data", help="where images are read or downloaded (default: %(default)s)")
+    parser.add_argument("--output_dir", default=output_dir, help="where outputs are written (default: %(default)s)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help="random seed; it fixes the batch order (default: 0, or the resumed run's)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set dvae.codebook_size=64 (repeatable)",
+    )
+
+
+def add_training_flags(parser):
+    parser.add_argument("--num_training_steps", type=int, help="training steps (default: from the config)")
+    parser.add_argument(
+        "--batch_size", type=int, help="global batch size, split across processes (default: from the config)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT_DIR/latest.pt to the same final step"
+    )
+    add_precision_flag(parser)
+
+
+def add_precision_flag(parser):
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="bf16 autocast or plain float32; auto: bf16 where the device computes it fast (a CPU with "
+        "AVX-512 BF16 or AMX, a CUDA GPU with bf16), else fp32 (default: %(default)s)",
+    )
+
+
+def add_sampling_flags(parser, batch_size):
+    """Flags shared by generate_mnist.py and evaluate.py: how images are drawn and reranked."""
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=CANDIDATES,
+        help="draws per image; the first the reranker accepts is kept (paper 2.3; 1 turns it off; "
+        "default: %(default)s)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=SAMPLING_TEMPERATURE, help="softmax temperature (default: %(default)s)"
+    )
+    parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
+    parser.add_argument(
+        "--top_p", type=float, help="nucleus sampling: the fewest codes holding this much probability (default: all)"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=GUIDANCE,
+        help="classifier-free guidance scale S: uncond + S * (cond - uncond); 1 is plain sampling "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument(
+        "--batch_size", type=int, default=batch_size, help="images sampled at once (default: %(default)s)"
+    )
+    add_precision_flag(parser)
+
+
+def check_sampling_args(args, codebook_size):
+    """One line naming the first bad sampling flag."""
+    if not 1 <= args.candidates <= MAX_CANDIDATES:
+        raise UserError(
+            f"--candidates must be between 1 and {MAX_CANDIDATES} (the paper's most), got {args.candidates}"
+        )
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if not args.temperature > 0:
+        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    if args.top_k is not None and not 1 <= args.top_k <= codebook_size:
+        raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
+    if not 0 <= args.guidance < math.inf:
+        raise UserError(f"--guidance must be a number >= 0 (1 is plain sampling), got {args.guidance}")
+
+
+def sampling_options(args):
+    """The sampling flags as sampling.draw's keyword arguments."""
+    return {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "guidance": args.guidance,
+        "precision": args.precision,
+    }
