@@ -1,7 +1,8 @@
 """Prove the scene scorer before any model is judged by it: on scenes painted from real test digits,
 true scenes must score right and deliberately wrong ones must not.
 
-    python prove_scene_scorer.py --test_data_dir ../shared/mnist/raw
+    python prove_scene_scorer.py --split test --test_data_dir ../shared/mnist/raw   # report
+    python prove_scene_scorer.py                                                   # validation: to choose
 
 For every category, --scenes true scenes (held-out compositions included: the scorer must read
 them too) and, from each, every mistake that applies to it:
@@ -35,6 +36,12 @@ TARGETS = {"overall": 0.97, "category": 0.95, "mistakes": 0.03}
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
+        help="whose digits paint the scenes: validation to choose, test to report (default: %(default)s)",
+    )
     parser.add_argument("--data_dir", default="data", help="training digits, for the judges (default: %(default)s)")
     parser.add_argument("--test_data_dir", help="folder with the t10k-*-ubyte(.gz) files (default: --data_dir)")
     parser.add_argument("--scenes", type=int, default=500, help="true scenes per category (default: %(default)s)")
@@ -137,12 +144,18 @@ def print_report(results, counts):
 
 def main():
     args = parse_args()
-    test = load_images("mnist", args.test_data_dir or args.data_dir, False, 32)
-    train, _ = load_train_and_validation("mnist", args.data_dir, 32)
+    train, validation = load_train_and_validation("mnist", args.data_dir, 32)
+    split = (
+        validation
+        if args.split == "validation"
+        else load_images("mnist", args.test_data_dir or args.data_dir, False, 32)
+    )
     judges = {j: load_or_train_judge(Path(args.judge_dir) / "mnist", j, *train, args.device) for j in JUDGES}
     generator = torch.Generator().manual_seed(args.seed)
-    images, specs, kinds = draw_proof_set(Renderer(*test), args.scenes, generator)
-    print(f"scenes: {len(images):,} painted from {len(test[0]):,} test digits, {args.scenes} true ones per category")
+    images, specs, kinds = draw_proof_set(Renderer(*split), args.scenes, generator)
+    print(
+        f"scenes: {len(images):,} painted from {len(split[0]):,} {args.split} digits, {args.scenes} true per category"
+    )
     results = {j: summarise(score(to_float(images), specs, judge_reader(judge, args.device)), specs, kinds)
                for j, judge in judges.items()}  # fmt: skip
     counts = {
@@ -153,7 +166,9 @@ def main():
     print_report(results, counts)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "proof.json").write_text(json.dumps({"judges": results, "counts": counts, "seed": args.seed}, indent=2))
+    (output / "proof.json").write_text(
+        json.dumps({"split": args.split, "judges": results, "counts": counts, "seed": args.seed}, indent=2)
+    )
     print(f"wrote {output / 'proof.json'}")
 
 
