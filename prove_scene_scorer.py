@@ -28,7 +28,7 @@ from data import load_images, load_train_and_validation, to_float
 from errors import UserError, run_main
 from judge import JUDGES, load_or_train_judge
 from scene_grammar import CATEGORIES
-from scene_score import judge_reader, score
+from scene_score import READ_THRESHOLD, judge_reader, score
 from scenes import PLACES, Item, Renderer, draw_spec, place_spec
 
 TARGETS = {"overall": 0.97, "category": 0.95, "mistakes": 0.03}
@@ -47,6 +47,12 @@ def parse_args(argv=None):
     parser.add_argument("--scenes", type=int, default=500, help="true scenes per category (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument(
+        "--read_threshold",
+        type=float,
+        default=READ_THRESHOLD,
+        help="a digit reads as every class at least this probable (default: %(default)s)",
+    )
+    parser.add_argument(
         "--judge_dir", default="output/judge", help="where the judges are cached (default: %(default)s)"
     )
     parser.add_argument("--output_dir", default="output/scene_scorer", help="default: %(default)s")
@@ -54,6 +60,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {args.scenes}")
+    if not 0 < args.read_threshold <= 1:
+        raise UserError(f"--read_threshold must be in (0, 1], got {args.read_threshold}")
     return args
 
 
@@ -156,8 +164,10 @@ def main():
     print(
         f"scenes: {len(images):,} painted from {len(split[0]):,} {args.split} digits, {args.scenes} true per category"
     )
-    results = {j: summarise(score(to_float(images), specs, judge_reader(judge, args.device)), specs, kinds)
-               for j, judge in judges.items()}  # fmt: skip
+    results = {}
+    for name, judge in judges.items():
+        verdicts = score(to_float(images), specs, judge_reader(judge, args.device), args.read_threshold)
+        results[name] = summarise(verdicts, specs, kinds)
     counts = {
         "true": {"overall": kinds.count("true")}
         | {c: sum(k == "true" and s.category == c for k, s in zip(kinds, specs)) for c in CATEGORIES},
@@ -167,7 +177,16 @@ def main():
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / "proof.json").write_text(
-        json.dumps({"split": args.split, "judges": results, "counts": counts, "seed": args.seed}, indent=2)
+        json.dumps(
+            {
+                "split": args.split,
+                "read_threshold": args.read_threshold,
+                "judges": results,
+                "counts": counts,
+                "seed": args.seed,
+            },
+            indent=2,
+        )
     )
     print(f"wrote {output / 'proof.json'}")
 

@@ -3,6 +3,7 @@ reader that measures the height, so every verdict below is the scorer's own doin
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from captions import PALETTE
 from data import to_float
@@ -13,10 +14,15 @@ from scenes import Item, Renderer, draw_spec, place_spec
 from test_scenes import glyphs
 
 
-def bar_reader(crops):
+def bar_digits(crops):
     """Crops (M, 3, 32, 32) -> (M,) digits: glyph d is a bar 2 + 2d rows tall."""
     height = (crops.amax(dim=1) > 0.5).any(dim=2).sum(dim=1)  # (M,)
     return (height - 2) // 2
+
+
+def bar_reader(crops):
+    """A sure reader: all the probability on the bar's digit, (M, 10)."""
+    return F.one_hot(bar_digits(crops), 10).float()
 
 
 RENDERER = Renderer(*glyphs())
@@ -65,7 +71,7 @@ def test_digits_are_found_where_they_stand_in_the_colour_they_have():
     contents = (Item(4, "cyan", 1), Item(9, None, 2))
     image = RENDERER.render(contents, torch.Generator().manual_seed(1))
     (found,) = find_digits(to_float(image[None]), bar_reader)
-    assert [(f.digit, f.colour) for f in found] == [(4, "cyan"), (9, "white")]
+    assert [(f.top, f.colour) for f in found] == [(4, "cyan"), (9, "white")]
     assert 32 + 12 <= found[0].x <= 32 + 20 and found[0].y < 32  # top right
     assert found[1].x < 32 and 32 < found[1].y < 64  # bottom left
 
@@ -76,7 +82,7 @@ def test_a_faint_stroke_reads_as_its_colour(colour):
     stroke[0, 0, 10:20, 14:18] = 150  # 0.59 of full brightness
     contents = (Item(0, colour, 0),)
     image = Renderer(stroke.expand(10, 1, 32, 32), torch.arange(10)).render(contents, torch.Generator())
-    (found,) = find_digits(to_float(image[None]), lambda crops: torch.zeros(len(crops), dtype=torch.long))
+    (found,) = find_digits(to_float(image[None]), lambda crops: torch.full((len(crops), 10), 0.1))
     assert found[0].colour == colour
 
 
@@ -89,6 +95,21 @@ def test_recentring_puts_the_ink_where_mnist_centres_it_and_fills_with_black():
     assert torch.allclose(moved.sum(dim=(1, 2, 3)), crops.sum(dim=(1, 2, 3)))  # nothing lost, nothing wrapped
 
 
+def test_a_digit_reads_as_every_class_the_reader_finds_likely_enough():
+    def unsure(crops):  # every 3 is also, less likely, a 5; nothing else is read
+        p = bar_reader(crops)
+        return torch.where(p[:, 3:4] > 0, 0.6 * p + 0.4 * F.one_hot(torch.tensor(5), 10), p)
+
+    image = to_float(RENDERER.render((Item(3, None, 0), Item(7, None, 1)), torch.Generator()))[None]
+    for caption, threshold, expected in [
+        ("a five and a seven", 0.3, (True, "right")),
+        ("a five and a seven", 0.5, (False, "missing the 5")),
+        ("a three and a seven", 0.3, (True, "right")),
+        ("a three and a five", 0.3, (False, "missing the 5")),  # one 3 cannot be both the 3 and the 5
+    ]:
+        assert score(image, [parse(caption)], unsure, threshold) == [expected], (caption, threshold)
+
+
 def test_the_proof_scores_true_scenes_right_and_every_mistake_wrong_with_a_perfect_reader():
     images, specs, kinds = draw_proof_set(RENDERER, 30, torch.Generator().manual_seed(0))
     assert {"colours swapped", "positions swapped", "one digit too many", "one digit too few"} < set(kinds)
@@ -99,7 +120,7 @@ def test_the_proof_scores_true_scenes_right_and_every_mistake_wrong_with_a_perfe
 
 def test_a_reader_that_misreads_is_caught_by_the_proof():
     images, specs, kinds = draw_proof_set(RENDERER, 20, torch.Generator().manual_seed(0))
-    figures = summarise(score(to_float(images), specs, lambda crops: (bar_reader(crops) + 1) % 10), specs, kinds)
+    figures = summarise(score(to_float(images), specs, lambda crops: bar_reader(crops).roll(1, dims=1)), specs, kinds)
     assert figures["true"]["overall"] == 0.0 and figures["true_scenes_scored_wrong"]
 
 
