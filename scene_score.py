@@ -29,7 +29,7 @@ from scene_grammar import SHORT
 from scenes import CANVAS, OPPOSITE, PLACE, PLACES, WHITE, column, row
 
 MIN_INK = 12  # bright pixels that make a place hold a digit
-READ_THRESHOLD = 0.3  # a crop reads as a digit this probable (GenEval's detection threshold; chosen on validation)
+READ_THRESHOLD = 0.3  # a crop reads as any digit this probable: GenEval's detection threshold
 MARGIN = 0.1 * CANVAS  # pixels by which a relation must hold
 MNIST_CENTRE = 16.0  # where a 28x28 MNIST digit padded to 32x32 has its centre of mass, in rows and columns
 COLOURS = {**PALETTE, "white": WHITE}
