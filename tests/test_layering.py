@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 
-MODEL_FILES = ["dvae", "tokenizer", "transformer", "dall_e", "rerank"]
+MODEL_FILES = ["dvae", "tokenizer", "transformer", "dall_e", "rerank", "text_encoder"]
 ALLOWED = set(MODEL_FILES) | {"config", "errors"}  # what a model file may pull in from this project
 PROJECT = {path.stem for path in ROOT.glob("*.py")}
 
