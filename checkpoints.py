@@ -7,6 +7,7 @@ reranker), and is written atomically (files.py), so a kill at any moment leaves 
 file intact. load_dall_e(path) gives everything a sampler needs from one file.
 """
 
+import dataclasses
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ KIND_NAMES = {
     "dall_e": "a DALL-E checkpoint (from train_mnist.py)",
     "judge": "a judge classifier checkpoint (from evaluate.py)",
 }
+
+
+def checkpoint_header(kind, dataset, config):
+    """What every checkpoint starts with: what it is, the dataset it was trained on, its whole config."""
+    return {"kind": kind, "dataset": dataset.name, "config": dataclasses.asdict(config)}
 
 
 def save_checkpoint(payload, path):

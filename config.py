@@ -232,10 +232,31 @@ def validate(config: Config):
     _require(d.reranker_steps >= 1, f"train_dall_e.reranker_steps must be >= 1, got {d.reranker_steps}")
 
 
+# Options earlier versions stored and this one removed, with the values that mean what this version
+# does (None: any value, as the option was off): checkpoints that hold them load; others are refused.
+RETIRED = {
+    "DallEConfig": {"mask_anchor": ("input",)},
+    "DallETrainConfig": {"augment_copies": (0,), "augment_shift": None, "augment_degrees": None, "augment_scale": None},
+}
+
+
+def drop_retired(cls, values):
+    """values without the options this version removed, or UserError where one was set to what it no longer does."""
+    retired = RETIRED.get(cls.__name__, {})
+    for key, allowed in retired.items():
+        if key in values and allowed is not None and values[key] not in allowed:
+            raise UserError(
+                f"the checkpoint was trained with {key}={values[key]!r}, which this version no longer has; "
+                "use the version that made it (see docs/experiments.md)"
+            )
+    return {key: value for key, value in values.items() if key not in retired}
+
+
 def from_dict(cls, values):
     """Rebuild a config dataclass from the plain dict a checkpoint stores."""
     if not isinstance(values, dict):
         raise UserError(f"checkpoint config: {cls.__name__} is not a map of key: value")
+    values = drop_retired(cls, values)
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:

@@ -54,7 +54,7 @@ from data import load_images, load_train_and_validation, to_float
 from device import pick_device, resolve_precision
 from dvae import encode_in_batches, reconstruction_metrics
 from errors import UserError, run_main
-from flags import add_sampling_flags, check_sampling_args, sampling_options
+from flags import add_sampling_flags, add_split_flags, check_sampling_args, sampling_options
 from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
 from sampling import sample_in_batches
 from summarize import print_rows
@@ -67,14 +67,7 @@ TEST_SEED_OFFSET = 1_000_003  # the test split draws its own prompts and samplin
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dall_e_checkpoint", default="output/dall_e/latest.pt", help="default: %(default)s")
-    parser.add_argument(
-        "--split",
-        choices=("validation", "test"),
-        default="validation",
-        help="validation (carved from the training images) to choose settings, test to report (default: %(default)s)",
-    )
-    parser.add_argument("--data_dir", default="data", help="training images (default: %(default)s)")
-    parser.add_argument("--test_data_dir", help="folder with the t10k-*-ubyte(.gz) files (default: --data_dir)")
+    add_split_flags(parser, "validation (carved from the training images) to choose settings, test to report")
     parser.add_argument("--samples", type=int, default=2000, help="images drawn per set (default: %(default)s)")
     add_sampling_flags(parser, batch_size=1000)
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")

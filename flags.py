@@ -50,6 +50,15 @@ def add_common_flags(parser, output_dir):
     )
 
 
+def add_split_flags(parser, split_help):
+    """Which held-out digits an instrument reads: --split, and where the training and test files are."""
+    parser.add_argument(
+        "--split", choices=("validation", "test"), default="validation", help=f"{split_help} (default: %(default)s)"
+    )
+    parser.add_argument("--data_dir", default="data", help="training images (default: %(default)s)")
+    parser.add_argument("--test_data_dir", help="folder with the t10k-*-ubyte(.gz) files (default: --data_dir)")
+
+
 def add_training_flags(parser):
     parser.add_argument("--num_training_steps", type=int, help="training steps (default: from the config)")
     parser.add_argument(

@@ -26,6 +26,7 @@ import torch
 from captions import PALETTE
 from data import load_images, load_train_and_validation, to_float
 from errors import UserError, run_main
+from flags import add_split_flags
 from judge import JUDGES, load_or_train_judge
 from scene_grammar import CATEGORIES
 from scene_score import READ_THRESHOLD, judge_reader, score
@@ -36,14 +37,7 @@ TARGETS = {"overall": 0.97, "category": 0.95, "mistakes": 0.03}
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--split",
-        choices=("validation", "test"),
-        default="validation",
-        help="whose digits paint the scenes: validation to choose, test to report (default: %(default)s)",
-    )
-    parser.add_argument("--data_dir", default="data", help="training digits, for the judges (default: %(default)s)")
-    parser.add_argument("--test_data_dir", help="folder with the t10k-*-ubyte(.gz) files (default: --data_dir)")
+    add_split_flags(parser, "whose digits paint the scenes: validation to choose, test to report")
     parser.add_argument("--scenes", type=int, default=500, help="true scenes per category (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument(

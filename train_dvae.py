@@ -10,13 +10,14 @@ checkpoint_seconds. --resume continues from latest.pt.
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid, save_image
 
 from captions import in_training_colours, shown_split
-from checkpoints import load_checkpoint
+from checkpoints import checkpoint_header, load_checkpoint
 from data import batch_indices, load_train_and_validation, to_float
 from device import precision_context
 from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
@@ -24,18 +25,7 @@ from errors import run_main
 from experiment import choose_dataset, experiment_config, resume_seed
 from files import lock_output_dir
 from flags import add_common_flags, add_training_flags
-from training import (
-    Bookkeeping,
-    clip_gradients,
-    cosine,
-    finish_run,
-    restore,
-    set_learning_rate,
-    start_run,
-    step_generator,
-    step_seed,
-    wrap,
-)
+from training import Bookkeeping, cosine, finish_run, restore, seed_step, start_run, wrap
 
 
 def parse_args(argv=None):
@@ -98,10 +88,7 @@ def main():
         return validation
 
     def make_checkpoint(step):
-        return {
-            "kind": "dvae",
-            "dataset": dataset.name,
-            "config": dataclasses.asdict(config),
+        return checkpoint_header("dvae", dataset, config) | {
             "dvae_config": dataclasses.asdict(config.dvae),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -111,26 +98,23 @@ def main():
     shown = ("loss", "mse", "tau", "ppl")
     with Bookkeeping(run, "dvae", output_dir, t, start_step, make_checkpoint, on_sample, shown) as books:
         for step in range(start_step, t.num_training_steps):
-            torch.manual_seed(
-                step_seed(args.seed, step, run.rank)
-            )  # dropout, Gumbel noise: fixed by (seed, step, rank)
+            generator = seed_step(args.seed, step, run.rank)  # Gumbel noise, colours: fixed by (seed, step, rank)
             temperature, kl_weight, learning_rate = schedules(t, step)
-            set_learning_rate(optimizer, learning_rate)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
             index = next(batches)
-            colours = step_generator(args.seed, step, run.rank)
-            images, _ = in_training_colours(dataset, train_images[index], train_labels[index], colours)
+            images, _ = in_training_colours(dataset, train_images[index], train_labels[index], generator)
             with precision_context(run.precision, run.device):
                 out = ddp_model(to_float(images).to(run.device), temperature, kl_weight)  # the ELBO, in forward()
                 _, perplexity = codebook_usage(out["codes"], config.dvae.codebook_size)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
-            grad_norm = clip_gradients(model, t.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)  # 0: no clip
             interrupted = books.check(out["loss"], grad_norm, step)  # stops every process before a NaN step
             optimizer.step()
-            books.check_weights(model, step)
             metrics = {name: out[name] for name in ("loss", "reconstruction", "kl", "mse")}
             metrics |= {"tau": temperature, "kl_weight": kl_weight, "lr": learning_rate, "ppl": perplexity}
-            books.end_step(step + 1, metrics | {"grad_norm": grad_norm}, interrupted)
+            books.end_step(step + 1, model, metrics | {"grad_norm": grad_norm}, interrupted)
     run.log(f"done: {output_dir / 'latest.pt'}")
     finish_run(run, model)
 

@@ -31,7 +31,7 @@ from captions import (
     random_colours,
     shown_split,
 )
-from checkpoints import check_dvae_matches, checkpoint_part, dvae_from_checkpoint, load_checkpoint
+from checkpoints import check_dvae_matches, checkpoint_header, checkpoint_part, dvae_from_checkpoint, load_checkpoint
 from dall_e import DallE, heldout_losses
 from data import batch_indices, load_train_and_validation, random_affine, to_float
 from device import precision_context
@@ -43,18 +43,7 @@ from flags import add_common_flags, add_training_flags
 from rerank import Reranker, RerankerConfig, reranker_from_state, reranker_state
 from sampling import sample_in_batches
 from tokenizer import Tokenizer
-from training import (
-    Bookkeeping,
-    clip_gradients,
-    cosine,
-    finish_run,
-    restore,
-    set_learning_rate,
-    start_run,
-    step_generator,
-    step_seed,
-    wrap,
-)
+from training import Bookkeeping, cosine, finish_run, restore, seed_step, start_run, wrap
 from transformer import MASK_KINDS, mask_density
 
 
@@ -104,7 +93,8 @@ def train_reranker(images, labels, dataset, captions, config, device, steps=600,
     model.captions.copy_(captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     for step in tqdm(range(steps), desc="training reranker", leave=False):
-        set_learning_rate(optimizer, cosine(2e-3, 0.0, step / steps))
+        for group in optimizer.param_groups:
+            group["lr"] = cosine(2e-3, 0.0, step / steps)
         index = torch.randint(0, len(images), (batch_size,), generator=generator)
         x, colours = in_training_colours(dataset, images[index], labels[index], generator)
         x = random_affine(to_float(x), generator, 2.0, 10.0, 0.1).to(device)
@@ -238,27 +228,28 @@ def main():
         return losses
 
     def make_checkpoint(step):
-        return {
-            "kind": "dall_e",
-            "dataset": dataset.name,
-            "config": dataclasses.asdict(config),
-            "vocabulary": tokenizer.vocabulary,
-            "dvae": {"dvae_config": dataclasses.asdict(dvae.config), "model": dvae.state_dict()},
-            "dvae_checkpoint": str(dvae_source),
-            "model": model.state_dict(),
-            "reranker": reranker_state(reranker),
-            "optimizer": optimizer.state_dict(),
-        } | ({"ema_model": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)} if ema else {})
+        return (
+            checkpoint_header("dall_e", dataset, config)
+            | {
+                "vocabulary": tokenizer.vocabulary,
+                "dvae": {"dvae_config": dataclasses.asdict(dvae.config), "model": dvae.state_dict()},
+                "dvae_checkpoint": str(dvae_source),
+                "model": model.state_dict(),
+                "reranker": reranker_state(reranker),
+                "optimizer": optimizer.state_dict(),
+            }
+            | ({"ema_model": ema.module.state_dict(), "ema_updates": int(ema.n_averaged)} if ema else {})
+        )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     shown = ("loss", "text", "image")
     with Bookkeeping(run, "dall_e", output_dir, t, start_step, make_checkpoint, on_sample, shown) as books:
         for step in range(start_step, t.num_training_steps):
-            torch.manual_seed(step_seed(args.seed, step, run.rank))  # dropout: fixed by (seed, step, rank)
+            generator = seed_step(args.seed, step, run.rank)  # dropout, colours, phrasings: fixed by (seed, step, rank)
             lr = learning_rate(t, step)
-            set_learning_rate(optimizer, lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             index = next(batches)
-            generator = step_generator(args.seed, step, run.rank)  # colour and phrasing, drawn afresh every step
             labels = train_labels[index]
             colours = random_colours(labels, allowed, generator)
             phrasing = torch.randint(0, captions.shape[1], (len(index),), generator=generator)
@@ -268,14 +259,13 @@ def main():
                 out = ddp_model(text, train_codes[index, colours].to(run.device), t.text_loss_weight)  # 1/8 + 7/8
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
-            grad_norm = clip_gradients(model, t.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)  # 0: no clip
             interrupted = books.check(out["loss"], grad_norm, step)  # stops every process before a NaN step
             optimizer.step()
-            books.check_weights(model, step)
             if ema:
                 ema.update_parameters(model)
             metrics = {"loss": out["loss"], "text": out["text_loss"], "image": out["image_loss"], "lr": lr}
-            books.end_step(step + 1, metrics | {"grad_norm": grad_norm}, interrupted)
+            books.end_step(step + 1, model, metrics | {"grad_norm": grad_norm}, interrupted)
     run.log(f"done: {output_dir / 'latest.pt'}")
     finish_run(run, model)
 

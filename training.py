@@ -74,9 +74,11 @@ def step_seed(seed, step, rank=0):
     return (seed * 1_000_003 + step) * 101 + rank
 
 
-def step_generator(seed, step, rank=0):
-    """A generator for one training step's random choices (colours, captions): a resumed run draws
-    exactly what an uninterrupted one would have."""
+def seed_step(seed, step, rank=0):
+    """Seed this process's random numbers for one training step (dropout, Gumbel noise) and return a
+    generator for the step's data choices (colours, phrasings): both pure functions of (seed, step,
+    rank), so a resumed run draws exactly what an uninterrupted one would have, on every rank."""
+    torch.manual_seed(step_seed(seed, step, rank))
     return torch.Generator().manual_seed(step_seed(seed, step, rank))
 
 
@@ -121,11 +123,6 @@ def restore(checkpoint, model, make_optimizer, run):
         raise UserError(f"the checkpoint being resumed has an optimiser state this run cannot use ({error})")
     run.log(f"resuming at step {checkpoint['step']}")
     return optimizer, checkpoint["step"]
-
-
-def set_learning_rate(optimizer, learning_rate):
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate
 
 
 class MetricsLog:
@@ -225,11 +222,6 @@ class Bookkeeping:
             self.stop(what, value.item() if not value.isfinite() else "non-finite on another process", step)
         return interrupted
 
-    def check_weights(self, model, step):
-        """After optimizer.step(): a finite but explosive learning rate can still overflow the weights."""
-        if not all(p.isfinite().all() for p in model.parameters()):  # replicas agree: no all-reduce needed
-            self.stop("weights", "non-finite after the optimiser step", step)
-
     def stop(self, what, value, step):
         self.bar.close()
         kept = f"{self.latest} holds the last good weights" if self.saved else "no checkpoint was written yet"
@@ -238,8 +230,11 @@ class Bookkeeping:
             "try a lower learning rate (--set <section>.learning_rate=...)"
         )
 
-    def end_step(self, step, metrics, interrupted):
-        """After step `step` (counted from 1): log, validate and save when due; exit if interrupted."""
+    def end_step(self, step, model, metrics, interrupted):
+        """After step `step` (counted from 1): check the weights, log, validate and save when due; exit if
+        interrupted. A finite but explosive learning rate can still overflow the weights in optimizer.step()."""
+        if not all(p.isfinite().all() for p in model.parameters()):  # replicas agree: no all-reduce needed
+            self.stop("weights", "non-finite after the optimiser step", step - 1)
         self.log.write(
             step, {name: value.detach() if torch.is_tensor(value) else value for name, value in metrics.items()}
         )
@@ -269,8 +264,3 @@ class Bookkeeping:
                 save_checkpoint(payload, self.latest.parent / f"{self.name}-{step}.pt")
         self.saved = True
         self.last_save = time.monotonic()
-
-
-def clip_gradients(model, grad_clip):
-    """Clip the gradients' global norm to grad_clip (0: measure it, clip nothing); returns the norm."""
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)

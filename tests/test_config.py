@@ -1,9 +1,10 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from config import Config, load_config
+from config import Config, config_from_dict, load_config
 from errors import UserError
 
 
@@ -61,3 +62,14 @@ def test_ints_and_exponents_accepted_for_floats(tmp_path):
     assert load_config(None, ["train_dvae.learning_rate=1"]).train_dvae.learning_rate == 1.0
     assert load_config(None, ["train_dvae.learning_rate=1e-3"]).train_dvae.learning_rate == 0.001
     assert load_config(write(tmp_path, "train_dvae:\n  learning_rate: 3e-4\n")).train_dvae.learning_rate == 3e-4
+
+
+def test_checkpoints_of_earlier_versions_load_without_the_options_since_removed():
+    """mask_anchor and augment_* were removed; a checkpoint that used them as this version works loads."""
+    stored = dataclasses.asdict(Config())
+    stored["dall_e"]["mask_anchor"] = "input"
+    stored["train_dall_e"] |= {"augment_copies": 0, "augment_shift": 2.0, "augment_degrees": 10.0, "augment_scale": 0.1}
+    assert config_from_dict(stored) == Config()
+    stored["dall_e"]["mask_anchor"] = "predicted"
+    with pytest.raises(UserError, match="mask_anchor='predicted', which this version no longer has"):
+        config_from_dict(stored)
