@@ -35,7 +35,7 @@ class Run:
     device: torch.device
     rank: int = 0
     world_size: int = 1
-    precision: str = "fp32"  # or "bf16": autocast around every training step (common.precision_context)
+    precision: str = "fp32"  # or "bf16": autocast around every training step (device.precision_context)
     seed: int = 0
 
     @property
