@@ -8,22 +8,20 @@ rename), so a kill at any moment leaves the previous file intact.
 
 import contextlib
 import dataclasses
-import fcntl
-import math
-import os
 import pickle
-import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
 
 from captions import DATASETS, caption_table, get_dataset
-from config import Config, DVAEConfig, from_dict, load_config, validate
+from config import MAX_SEED, Config, DVAEConfig, from_dict, load_config, validate, validate_dvae
 from dall_e import DallE
 from dvae import DiscreteVAE
-from errors import UserError
-from rerank import reranker_from_state
+from errors import UserError, one_line, shorten
+from files import atomic_write, check_fresh_start, check_not_busy, check_output_dir, describe
+from memory import check_memory, check_model_fits, check_training_fits, dvae_parameters
+from rerank import Reranker, RerankerShape, reranker_from_state
 from tokenizer import Tokenizer
 
 KIND_NAMES = {
@@ -52,7 +50,10 @@ def add_common_flags(parser, output_dir):
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)"
     )
     parser.add_argument(
-        "--seed", type=int, help="random seed; it fixes the batch order (default: 0, or the resumed run's)"
+        "--seed",
+        type=int,
+        between=SEED_RANGE,
+        help="random seed; it fixes the batch order (default: 0, or the resumed run's)",
     )
     parser.add_argument(
         "--set",
@@ -70,6 +71,11 @@ def add_training_flags(parser):
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT_DIR/latest.pt to the same final step"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --output_dir that holds a run, replacing its files (without it, that is refused)",
     )
     add_precision_flag(parser)
 
@@ -120,12 +126,18 @@ CANDIDATES = 8
 GUIDANCE = 1.0
 
 
+SEED_RANGE = (0, MAX_SEED, "what per-step seeds are computed from")
+COUNT_RANGE = (1, 10**9, "more than one request can hold")
+GUIDANCE_RANGE = (0, 20, "larger scales push the logits to extremes")
+
+
 def add_sampling_flags(parser, batch_size):
     """Flags shared by generate_mnist.py and evaluate.py: how images are drawn and reranked."""
     parser.add_argument(
         "--candidates",
         type=int,
         default=CANDIDATES,
+        between=(1, 512, "the paper's most"),
         help="draws per image, of which the reranker keeps one (paper 2.3; 1 turns it off; default: %(default)s)",
     )
     parser.add_argument(
@@ -135,45 +147,52 @@ def add_sampling_flags(parser, batch_size):
         help="the first candidate the reranker accepts, or its favourite (default: %(default)s)",
     )
     parser.add_argument(
-        "--temperature", type=float, default=SAMPLING_TEMPERATURE, help="softmax temperature (default: %(default)s)"
+        "--temperature",
+        type=float,
+        default=SAMPLING_TEMPERATURE,
+        between=(0.1, 10, "below, every draw is the likeliest code; above, noise"),
+        help="softmax temperature (default: %(default)s)",
     )
     parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
     parser.add_argument(
-        "--top_p", type=float, help="nucleus sampling: the fewest codes holding this much probability (default: all)"
-    )
-    parser.add_argument(
-        "--guidance",
+        "--top_p",
         type=float,
-        default=GUIDANCE,
-        help="classifier-free guidance scale S: uncond + S * (cond - uncond); 1 is plain sampling "
-        "(default: %(default)s)",
+        between=(0.01, 1, "a share of the probability"),
+        help="nucleus sampling: the fewest codes holding this much probability (default: all)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    add_guidance_flag(parser, GUIDANCE)
+    parser.add_argument("--seed", type=int, default=0, between=SEED_RANGE, help="default: %(default)s")
     parser.add_argument(
-        "--batch_size", type=int, default=batch_size, help="images sampled at once (default: %(default)s)"
+        "--batch_size",
+        type=int,
+        default=batch_size,
+        between=COUNT_RANGE,
+        help="images sampled at once (default: %(default)s)",
     )
     add_precision_flag(parser)
 
 
-MAX_CANDIDATES = 512  # the paper's largest number of draws per caption
+def add_guidance_flag(parser, default):
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=default,
+        between=GUIDANCE_RANGE,
+        help="classifier-free guidance scale S: uncond + S * (cond - uncond); 1 is plain sampling "
+        "(default: %(default)s)",
+    )
 
 
 def check_sampling_args(args, codebook_size):
-    """One line naming the first bad sampling flag."""
-    if not 1 <= args.candidates <= MAX_CANDIDATES:
-        raise UserError(
-            f"--candidates must be between 1 and {MAX_CANDIDATES} (the paper's most), got {args.candidates}"
-        )
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    """The sampling flags whose range depends on the checkpoint (the others have theirs in the parser)."""
     if args.top_k is not None and not 1 <= args.top_k <= codebook_size:
-        raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
-    if not 0 <= args.guidance < math.inf:
-        raise UserError(f"--guidance must be a number >= 0 (1 is plain sampling), got {args.guidance}")
+        raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {shorten(args.top_k)}")
+
+
+def sampling_rows(args, images):
+    """Sequences one batch of `images` runs at once: guidance doubles them, keep=best draws every candidate."""
+    guided = 2 if args.guidance != 1 else 1
+    return min(args.batch_size, images) * guided * (args.candidates if args.keep == "best" else 1)
 
 
 def sampling_options(args):
@@ -223,6 +242,7 @@ def experiment_config(args, section, dataset, stored=None):
         config = load_config(None, overrides, base=config_from_dict(stored))
         check_unchanged(config_from_dict(stored), config)
     check_config_fits(config, dataset)
+    check_training_fits(config, section, len(dataset.colours), len(dataset.words()) + config.dall_e.text_length)
     return config
 
 
@@ -286,82 +306,69 @@ def pick_device(name):
     return torch.device(name)
 
 
-def atomic_write(path, write):
-    """Create or replace `path` so that a kill at any moment leaves either the old file or the new one.
-
-    write(f) fills a temporary file beside `path` (opened "wb"); it is flushed, fsynced and renamed
-    over `path`, and the folder is fsynced so that the rename itself survives a power cut.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def save_checkpoint(payload, path):
     """Write atomically: a kill mid-write leaves the previous file at `path` untouched."""
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def lock_output_dir(path):
-    """Hold OUTPUT_DIR/.lock for as long as this process runs: a second trainer on the same folder is
-    refused with one line instead of interleaving checkpoints. The lock (flock) dies with its process,
-    so a killed run never leaves a stale one. Then sweep temporary files that killed writers left."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    handle = open(path / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(f"another run is writing to {path}; wait for it or choose another --output_dir")
-    for stale in path.glob(".*.tmp"):  # no other writer holds the folder: these are left by killed ones
-        stale.unlink(missing_ok=True)
-    return handle  # keep it open: closing it releases the lock
-
-
-def check_output_dir(path):
-    """Refuse, before any work, an output folder that cannot be written: a file, under a file, read-only."""
-    path = Path(path)
-    for part in [path, *path.parents]:
-        if part.exists() and not part.is_dir():
-            raise UserError(f"--output_dir {path}: {part} is a file, not a folder; choose another --output_dir")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # a file can be made there
-    except OSError as error:
-        raise UserError(f"--output_dir {path} cannot be written ({error.strerror}); choose another --output_dir")
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format, and its older pickle format
 
 
 def load_checkpoint(path, kind):
     """Load a checkpoint of the given kind safely, or raise UserError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        what = describe(path)
+        raise UserError(f"checkpoint {what}: {shorten(path)}" if what == "not found" else f"{shorten(path)} is {what}")
+    with path.open("rb") as f:
+        if not f.read(4).startswith(TORCH_MAGIC):
+            raise UserError(f"{shorten(path)} is not a PyTorch checkpoint: it is {describe(path)}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"refused to load {path}: it needs arbitrary unpickling (code could run); nothing was executed")
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        raise UserError(f"cannot read {path}: truncated or not a checkpoint ({str(error).splitlines()[0][:120]})")
+        with warnings.catch_warnings():  # the weights-only unpickler warns about some pickle protocols
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise UserError(f"cannot read {shorten(path)}: truncated or not a checkpoint ({one_line(error)[:120]})")
+        raise UserError(
+            f"refused to load {shorten(path)}: it needs arbitrary unpickling (code could run); nothing was executed"
+        )
+    except Exception as error:  # a damaged zip or pickle fails in many ways, all of which mean the same here
+        raise UserError(f"cannot read {shorten(path)}: truncated or not a checkpoint ({one_line(error)[:120]})")
     found = checkpoint.get("kind") if isinstance(checkpoint, dict) else None
-    if found != kind:
-        what = KIND_NAMES.get(found, "not a checkpoint of this project")
-        raise UserError(f"{path} is {what}, but {KIND_NAMES[kind]} is expected here")
+    if not isinstance(found, str) or found != kind:
+        what = KIND_NAMES.get(found, "not a checkpoint of this project") if isinstance(found, str) else "damaged"
+        raise UserError(f"{shorten(path)} is {what}, but {KIND_NAMES[kind]} is expected here")
     return checkpoint
+
+
+def load_resumed(path, kind, total_steps=None):
+    """The checkpoint --resume continues from, its step, seed and optimiser state checked."""
+    checkpoint = load_checkpoint(path, kind)
+    source = f"{shorten(path)} (being resumed)"
+    for key in ("config", "optimizer", "model", "step"):
+        checkpoint_part(checkpoint, key, source)
+    step, seed = checkpoint["step"], checkpoint.get("seed", 0)
+    if type(step) is not int or step < 0:
+        raise UserError(f"{source} has step {shorten(step)!r}, not a count of steps: it was edited or is damaged")
+    if type(seed) is not int or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise UserError(f"{source} has seed {shorten(seed)!r}, outside 0 to {MAX_SEED:,}: it was edited or is damaged")
+    updates = checkpoint.get("ema_updates", 0)
+    if type(updates) is not int or not 0 <= updates <= step:
+        raise UserError(f"{source} has {shorten(updates)!r} moving-average updates at step {step}: it was edited")
+    optimizer = checkpoint["optimizer"]
+    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
+        raise UserError(f"{source} has no optimiser state this code can use: it was edited or is damaged")
+    return checkpoint
+
+
+def prepare_output_dir(args, kind):
+    """A trainer's checks on --output_dir, before any work: it can be written, no trainer holds it, and
+    a new run does not start over an earlier one unless --overwrite says so. The checkpoint to resume, or None."""
+    check_output_dir(args.output_dir)
+    check_not_busy(args.output_dir)
+    check_fresh_start(args.output_dir, kind, args.resume, args.overwrite)
+    return load_resumed(Path(args.output_dir) / "latest.pt", kind) if args.resume else None
 
 
 def load_weights(model, state, source):
@@ -370,7 +377,7 @@ def load_weights(model, state, source):
         raise UserError(f"{source} holds no weights where they belong; it is damaged or from another version")
     try:
         model.load_state_dict(state)
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as error:
         detail = " ".join(str(error).split())[:200]
         raise UserError(f"{source} does not fit this code's model (edited, or from another version): {detail}")
 
@@ -390,7 +397,11 @@ def checkpoint_part(checkpoint, key, source):
 def dvae_from_checkpoint(checkpoint, source="the dVAE checkpoint"):
     """Rebuild the frozen dVAE from a dVAE checkpoint or from the copy inside a DALL-E checkpoint."""
     part = checkpoint_part(checkpoint, "dvae", source) if checkpoint["kind"] == "dall_e" else checkpoint
+    if not isinstance(part, dict):
+        raise UserError(f"{source} holds no dVAE where it belongs; it is damaged or from another version")
     config = from_dict(DVAEConfig, checkpoint_part(part, "dvae_config", source))
+    validate_dvae(config)
+    check_memory(4 * dvae_parameters(config), f"the dVAE {source} describes", "it was edited or is damaged")
     model = DiscreteVAE(config)
     load_weights(model, checkpoint_part(part, "model", source), source)
     check_finite_weights(model, source)
@@ -411,18 +422,23 @@ def dall_e_config_of(checkpoint, source="the DALL-E checkpoint"):
 
 def dataset_of(checkpoint):
     """The dataset a checkpoint was trained on (checkpoints from before datasets existed: MNIST)."""
-    return get_dataset(checkpoint.get("dataset", "mnist"))
+    name = checkpoint.get("dataset", "mnist")
+    return get_dataset(name if isinstance(name, str) else repr(name))
 
 
 def dall_e_from_checkpoint(checkpoint, source="the DALL-E checkpoint"):
     """(model, dvae, tokenizer) rebuilt from a DALL-E checkpoint alone, ready for sampling."""
     config = dall_e_config_of(checkpoint, source)
     vocabulary = checkpoint_part(checkpoint, "vocabulary", source)
-    words = [w for w in vocabulary if isinstance(w, str) and not w.startswith("<pad")]
+    listed = vocabulary if isinstance(vocabulary, list) else []
+    words = [w for w in listed if isinstance(w, str) and not w.startswith("<pad")]
     tokenizer = Tokenizer(words, config.text_length)
-    if tokenizer.vocabulary != vocabulary:
-        raise UserError(f"{source}'s vocabulary is not one this code's tokenizer makes; another version made it")
+    if not words or tokenizer.vocabulary != vocabulary:
+        raise UserError(
+            f"{source}'s vocabulary is not one this code's tokenizer makes; it was edited, or another version made it"
+        )
     dvae = dvae_from_checkpoint(checkpoint, source)
+    check_model_fits(config, dvae.config, tokenizer.vocab_size, source)
     model = DallE(config, dvae.config, tokenizer.vocab_size)
     weights = checkpoint.get("ema_model", checkpoint_part(checkpoint, "model", source))  # the moving average, if kept
     load_weights(model, weights, source)
@@ -431,36 +447,25 @@ def dall_e_from_checkpoint(checkpoint, source="the DALL-E checkpoint"):
 
 
 def reranker_from_checkpoint(checkpoint, path):
-    """The reranker (rerank.py) stored in a DALL-E checkpoint."""
+    """The reranker (rerank.py) stored in a DALL-E checkpoint, its shape and weights checked."""
     if "reranker" not in checkpoint:
         raise UserError(f"{path} holds no reranker (an older train_mnist.py made it); use --candidates 1 or retrain")
-    return reranker_from_state(checkpoint["reranker"])
-
-
-def available_memory():
-    """Bytes of memory free for this process now (physical memory where the OS does not say)."""
-    pages = os.sysconf("SC_AVPHYS_PAGES") if "SC_AVPHYS_PAGES" in os.sysconf_names else os.sysconf("SC_PHYS_PAGES")
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def sampling_memory(images, rows, model, dvae):
-    """Rough bytes a sampling request holds at once: every image kept (float32, twice while saving)
-    plus, for one batch of `rows` sequences, the KV cache and the decoder's widest activations."""
-    c, d = model.config, dvae.config
-    kept = 2 * images * d.channels * d.image_size**2 * 4
-    cache = 2 * c.n_layer * rows * model.transformer.max_length * c.n_embd * 4
-    decoding = 4 * rows * d.hidden_dim * 2 * d.image_size**2 * 4
-    return kept + cache + decoding
-
-
-def check_request_fits(images, rows, model, dvae):
-    """Refuse with one line, before any work, a request this machine's memory cannot hold."""
-    needed, free = sampling_memory(images, rows, model, dvae), available_memory()
-    if needed > free:
-        raise UserError(
-            f"{images:,} images in batches of {rows:,} sequences need about {needed / 2**30:.1f} GiB of memory, "
-            f"more than the {free / 2**30:.1f} GiB free; ask for fewer images or a smaller --batch_size"
-        )
+    state = checkpoint["reranker"]
+    names = [f.name for f in dataclasses.fields(RerankerShape)]
+    shape = state.get("shape") if isinstance(state, dict) else None
+    if not isinstance(shape, dict) or set(shape) != set(names) or not all(type(v) is int for v in shape.values()):
+        raise UserError(f"{path}'s reranker is damaged or edited; use --candidates 1, or retrain")
+    if not all(v >= 1 for v in shape.values()):
+        raise UserError(f"{path}'s reranker has a size below 1: it was edited; use --candidates 1, or retrain")
+    with torch.device("meta"):  # sizes edited to huge ones are refused before anything is allocated
+        size = sum(p.numel() for p in Reranker(RerankerShape(**shape)).parameters())
+    check_memory(4 * size, f"{path}'s reranker", "it was edited; use --candidates 1, or retrain")
+    try:
+        reranker = reranker_from_state(state)
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as error:
+        raise UserError(f"{path}'s reranker does not fit this code's (edited, or another version): {one_line(error)}")
+    check_finite_weights(reranker, f"{path}'s reranker")
+    return reranker
 
 
 def check_trained_prompts(tokenizer, dataset, prompts, text):
@@ -470,7 +475,8 @@ def check_trained_prompts(tokenizer, dataset, prompts, text):
         if tuple(ids.tolist()) not in known:
             examples = ", ".join(repr(dataset.canonical(c)) for c in dataset.concepts[:3])
             raise UserError(
-                f"the model was not trained on prompts like {prompt!r}: it knows one {dataset.name} caption at a time, "
+                f"the model was not trained on prompts like {shorten(prompt)!r}: it knows one {dataset.name} caption "
+                "at a time, "
                 f"such as {examples}"
             )
 

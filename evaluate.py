@@ -23,7 +23,6 @@ reranker's retrieval accuracy and the sampling speed. The first run for a datase
 caches its two judges (about 4 minutes on a laptop CPU).
 """
 
-import argparse
 import json
 import math
 import time
@@ -33,6 +32,7 @@ import torch
 
 from captions import PALETTE, as_seen, caption_table, colourise, concept_index, held_out_mask, sample_prompts
 from common import (
+    COUNT_RANGE,
     add_sampling_flags,
     check_sampling_args,
     dall_e_from_checkpoint,
@@ -44,12 +44,15 @@ from common import (
     reranker_from_checkpoint,
     resolve_precision,
     sampling_options,
+    sampling_rows,
 )
 from dall_e import heldout_losses
 from data import load_images, load_train_and_validation, to_float
 from dvae import reconstruction_metrics
-from errors import UserError, run_main
+from errors import ArgumentParser, run_main
+from files import check_output_dir, write_text
 from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
+from memory import check_request_fits
 from sampling import generate_images
 
 JUDGE_MIN_ACCURACY = 0.98
@@ -57,7 +60,7 @@ NEAR_COPY_PERCENTILE = 0.01
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dall_e_checkpoint", default="output/dall_e/latest.pt", help="default: %(default)s")
     parser.add_argument(
         "--split",
@@ -67,7 +70,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--data_dir", default="data", help="training images (default: %(default)s)")
     parser.add_argument("--test_data_dir", help="folder with the t10k-*-ubyte(.gz) files (default: --data_dir)")
-    parser.add_argument("--samples", type=int, default=2000, help="images drawn per set (default: %(default)s)")
+    parser.add_argument(
+        "--samples", type=int, default=2000, between=COUNT_RANGE, help="images drawn per set (default: %(default)s)"
+    )
     add_sampling_flags(parser, batch_size=1000)
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
     parser.add_argument(
@@ -225,6 +230,7 @@ def measure(args):
     model, dvae, tokenizer = dall_e_from_checkpoint(checkpoint)
     dataset = dataset_of(checkpoint)
     check_sampling_args(args, dvae.config.codebook_size)
+    check_request_fits(4 * args.samples, sampling_rows(args, args.samples), model, dvae)  # 4 sets of images kept
     model.to(device), dvae.to(device)
     train, split = load_data(args, dataset, dvae.config.image_size)
     per_concept = max(1, args.samples // len(dataset.concepts))
@@ -330,8 +336,7 @@ def print_table(m, codebook_size):
 
 def main():
     args = parse_args()
-    if args.samples < 1:
-        raise UserError(f"--samples must be >= 1, got {args.samples}")
+    check_output_dir(args.output_dir)  # before any work: the figures are written at the end
     settings = {
         "keep": args.keep,
         "batch_size": args.batch_size,
@@ -345,8 +350,7 @@ def main():
     }
     metrics = measure(args) | settings
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     codebook_size = load_checkpoint(args.dall_e_checkpoint, "dall_e")["dvae"]["dvae_config"]["codebook_size"]
     print(f"{metrics['dataset']}, {args.split} split")
     print_table(metrics, codebook_size)

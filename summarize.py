@@ -10,16 +10,15 @@ prompt accuracy, FID over the dVAE reconstructions' FID (both judges), near-copi
 for one draw and for the reranked draws.
 """
 
-import argparse
 import json
 from pathlib import Path
 
 from common import print_rows
-from errors import UserError, run_main
+from errors import ArgumentParser, UserError, run_main
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("metrics", nargs="+", help="metrics.json files written by evaluate.py (required)")
     parser.add_argument("--table", action="store_true", help="a Markdown row per run instead (default: off)")
     return parser.parse_args(argv)

@@ -8,7 +8,6 @@ dvae-<step>.pt every sample_every steps and at the end, and latest.pt at least e
 checkpoint_seconds. --resume continues from latest.pt.
 """
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -21,13 +20,13 @@ from common import (
     add_training_flags,
     choose_dataset,
     experiment_config,
-    load_checkpoint,
-    lock_output_dir,
+    prepare_output_dir,
     resume_seed,
 )
 from data import batch_indices, load_train_and_validation, to_float
 from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
-from errors import run_main
+from errors import ArgumentParser, run_main
+from files import atomic_write, lock_output_dir
 from training import (
     Loop,
     cosine,
@@ -42,7 +41,7 @@ from training import (
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_common_flags(parser, output_dir="output/dvae")
     add_training_flags(parser)
     return parser.parse_args(argv)
@@ -63,13 +62,14 @@ def save_reconstructions(dvae, images, path, device):
     originals = make_grid(x, nrow=8, padding=2, pad_value=0.5)
     reconstructions = make_grid(dvae.decode(dvae.encode(x)), nrow=8, padding=2, pad_value=0.5)
     gap = torch.full((originals.shape[0], originals.shape[1], 8), 1.0, device=device)
-    save_image(torch.cat([originals, gap, reconstructions], dim=2), path)
+    grid = torch.cat([originals, gap, reconstructions], dim=2)
+    atomic_write(path, lambda f: save_image(grid, f, format="png"))
 
 
 def main():
     args = parse_args()
     output_dir = Path(args.output_dir)
-    resumed = load_checkpoint(output_dir / "latest.pt", "dvae") if args.resume else None
+    resumed = prepare_output_dir(args, "dvae")  # checked, before any work; latest.pt on --resume
     dataset = choose_dataset(args.dataset, resumed and resumed.get("dataset", "mnist"), output_dir / "latest.pt")
     config = experiment_config(args, "train_dvae", dataset, stored=resumed and resumed["config"])
     args.seed = resume_seed(args, resumed)

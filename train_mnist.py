@@ -11,7 +11,6 @@ dall_e-<step>.pt every sample_every steps and at the end, and latest.pt at least
 checkpoint_seconds. The checkpoint carries the dVAE and the vocabulary: generation needs no other file.
 """
 
-import argparse
 import dataclasses
 import math
 from pathlib import Path
@@ -32,13 +31,15 @@ from common import (
     encode_prompts,
     experiment_config,
     load_checkpoint,
-    lock_output_dir,
+    load_weights,
+    prepare_output_dir,
     reranker_from_checkpoint,
     resume_seed,
 )
 from dall_e import DallE, heldout_losses
 from data import batch_indices, load_train_and_validation, random_affine, to_float
-from errors import UserError, run_main
+from errors import ArgumentParser, UserError, run_main
+from files import atomic_write, lock_output_dir, write_text
 from rerank import Reranker, RerankerShape, reranker_state
 from sampling import generate_images
 from tokenizer import Tokenizer
@@ -65,7 +66,7 @@ def grid_prompts(dataset):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--dvae_checkpoint", help="a dVAE checkpoint from train_dvae.py (required, except with --resume)"
     )
@@ -151,8 +152,8 @@ def make_ema(model, decay, resumed):
         return None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
     if resumed:
-        ema.module.load_state_dict(resumed["ema_model"])
-        ema.n_averaged.fill_(resumed["ema_updates"])
+        load_weights(ema.module, resumed.get("ema_model"), "the moving average being resumed")
+        ema.n_averaged.fill_(resumed.get("ema_updates", 0))  # checked by common.load_resumed
     return ema
 
 
@@ -194,7 +195,7 @@ def choose_dvae(args, resumed):
 def main():
     args = parse_args()
     output_dir = Path(args.output_dir)
-    resumed = load_checkpoint(output_dir / "latest.pt", "dall_e") if args.resume else None
+    resumed = prepare_output_dir(args, "dall_e")  # checked, before any work; latest.pt on --resume
     dvae, dvae_dataset, dvae_source = choose_dvae(args, resumed)
     dataset = choose_dataset(args.dataset, dvae_dataset, dvae_source)
     config = experiment_config(args, "train_dall_e", dataset, stored=resumed and resumed["config"])
@@ -267,8 +268,9 @@ def main():
         generator = torch.Generator(run.device).manual_seed(args.seed)
         text = encode_prompts(tokenizer, [p for row in grid for p in row]).to(run.device)
         images = generate_images(sampler, dvae, text, generator=generator)
-        save_image(images, output_dir / f"sample-{step}.png", nrow=len(grid[0]))
-        (output_dir / f"sample_prompts-{step}.txt").write_text("".join(" | ".join(row) + "\n" for row in grid))
+        png = lambda f: save_image(images, f, nrow=len(grid[0]), format="png")  # noqa: E731
+        atomic_write(output_dir / f"sample-{step}.png", png)
+        write_text(output_dir / f"sample_prompts-{step}.txt", "".join(" | ".join(row) + "\n" for row in grid))
         model.train()
         run.log(
             f"step {step}: validation image loss {losses['image_loss']:.4f} "
