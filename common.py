@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from captions import DATASETS, caption_table, get_dataset
-from config import MAX_SEED, Config, DVAEConfig, from_dict, load_config, validate, validate_dvae
+from config import MAX_SEED, MAX_TRAINING_STEPS, Config, DVAEConfig, from_dict, load_config, validate, validate_dvae
 from dall_e import DallE
 from dvae import DiscreteVAE
 from errors import UserError, one_line, shorten
@@ -349,17 +349,28 @@ def load_resumed(path, kind, total_steps=None):
     for key in ("config", "optimizer", "model", "step"):
         checkpoint_part(checkpoint, key, source)
     step, seed = checkpoint["step"], checkpoint.get("seed", 0)
-    if type(step) is not int or step < 0:
-        raise UserError(f"{source} has step {shorten(step)!r}, not a count of steps: it was edited or is damaged")
+    if type(step) is not int or not 0 <= step <= total_steps(checkpoint, kind):
+        raise UserError(
+            f"{source} has step {shorten(repr(step))}, not one of its run's steps: it was edited or is damaged"
+        )
     if type(seed) is not int or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        raise UserError(f"{source} has seed {shorten(seed)!r}, outside 0 to {MAX_SEED:,}: it was edited or is damaged")
+        raise UserError(
+            f"{source} has seed {shorten(repr(seed))}, outside 0 to {MAX_SEED:,}: it was edited or is damaged"
+        )
     updates = checkpoint.get("ema_updates", 0)
     if type(updates) is not int or not 0 <= updates <= step:
-        raise UserError(f"{source} has {shorten(updates)!r} moving-average updates at step {step}: it was edited")
+        raise UserError(f"{source} has {shorten(repr(updates))} moving-average updates at step {step}: it was edited")
     optimizer = checkpoint["optimizer"]
     if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
         raise UserError(f"{source} has no optimiser state this code can use: it was edited or is damaged")
     return checkpoint
+
+
+def total_steps(checkpoint, kind):
+    """The final step of the run a checkpoint belongs to, as its stored config says (checked later), or the most."""
+    section = checkpoint["config"].get(f"train_{kind}") if isinstance(checkpoint["config"], dict) else None
+    steps = section.get("num_training_steps") if isinstance(section, dict) else None
+    return steps if type(steps) is int else MAX_TRAINING_STEPS
 
 
 def prepare_output_dir(args, kind):

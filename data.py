@@ -126,16 +126,16 @@ def check_primer_size(path):
         raise UserError(f"image file {what}: {shorten(path)}")
     if path.stat().st_size > MAX_PRIMER_BYTES:
         raise UserError(f"{shorten(path)} is larger than {MAX_PRIMER_BYTES // 2**20} MiB; give a smaller image")
+    too_large = f"more than the {MAX_PRIMER_PIXELS:,} pixels a primer may have (it is shrunk to 28x28 anyway)"
     try:
         with Image.open(path) as header:  # reads the header, not the pixels
             width, height = header.size
-    except (OSError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own limit, above ours
+        raise UserError(f"{shorten(path)} has {too_large}; give a smaller image")
+    except OSError:
         raise UserError(f"{shorten(path)} is not an image this can read; give a PNG, JPEG, WebP or GIF file")
     if width * height > MAX_PRIMER_PIXELS:
-        raise UserError(
-            f"{shorten(path)} is {width:,}x{height:,} pixels, more than the {MAX_PRIMER_PIXELS:,} a primer may have "
-            "(it is shrunk to 28x28 anyway); give a smaller image"
-        )
+        raise UserError(f"{shorten(path)} is {width:,}x{height:,} pixels, {too_large}; give a smaller image")
 
 
 def read_image_file(path, channels, image_size):

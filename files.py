@@ -123,7 +123,7 @@ def append_text(path, text):
 
 
 def _reason(error):
-    return "it is now a symbolic link" if error.errno == errno.ELOOP else error.strerror
+    return "it is a symbolic link, which this never writes through" if error.errno == errno.ELOOP else error.strerror
 
 
 def read_own_text(path):
@@ -143,7 +143,7 @@ def check_output_dir(path, flag="--output_dir", free=MIN_FREE_BYTES):
         raise UserError(f"{flag} is empty; give a folder (it would write into the current one)")
     path = Path(path)
     for part in [path, *path.parents]:
-        if part.exists() and not part.is_dir():
+        if os.path.exists(part) and not os.path.isdir(part):  # os.path: a name too long is False, not an error
             raise UserError(f"{flag} {shorten(path)}: {shorten(part)} is a file, not a folder; choose another {flag}")
     try:
         path.mkdir(parents=True, exist_ok=True)
