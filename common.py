@@ -342,7 +342,7 @@ def load_checkpoint(path, kind):
     return checkpoint
 
 
-def load_resumed(path, kind, total_steps=None):
+def load_resumed(path, kind):
     """The checkpoint --resume continues from, its step, seed and optimiser state checked."""
     checkpoint = load_checkpoint(path, kind)
     source = f"{shorten(path)} (being resumed)"
