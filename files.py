@@ -137,18 +137,22 @@ def read_own_text(path):
 
 
 def check_output_dir(path, flag="--output_dir", free=MIN_FREE_BYTES):
-    """Refuse, before any work, an output folder that cannot be written: empty, a file, under a file,
-    read-only, a name too long, a full disk."""
-    if not str(path).strip():
-        raise UserError(f"{flag} is empty; give a folder (it would write into the current one)")
+    """Refuse, before any work, an output folder that cannot be written: a file, under a file, read-only,
+    a name too long, a full disk. Nothing is created: a run refused later leaves no folder behind."""
     path = Path(path)
-    for part in [path, *path.parents]:
-        if os.path.exists(part) and not os.path.isdir(part):  # os.path: a name too long is False, not an error
-            raise UserError(f"{flag} {shorten(path)}: {shorten(part)} is a file, not a folder; choose another {flag}")
+    missing = [part for part in [path, *path.parents] if not os.path.exists(part)]  # os.path: never raises
+    existing = path.parents[len(missing) - 1] if missing else path
+    broken = [part for part in missing if os.path.lexists(part)]
+    if broken:
+        raise UserError(f"{flag} {shorten(path)}: {shorten(broken[0])} is a broken or looping symbolic link")
+    if not os.path.isdir(existing):
+        raise UserError(f"{flag} {shorten(path)}: {shorten(existing)} is a file, not a folder; choose another {flag}")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # a file can be made there
-        status = os.statvfs(path)
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+        if any(len(os.fsencode(part.name)) > longest for part in missing):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+        tempfile.TemporaryFile(dir=existing).close()  # a file can be made there
+        status = os.statvfs(existing)
     except OSError as error:
         raise UserError(f"{flag} {shorten(path)} cannot be written ({error.strerror}); choose another {flag}")
     if status.f_bavail * status.f_frsize < free:
@@ -199,6 +203,10 @@ def lock_output_dir(path):
     """Hold OUTPUT_DIR/.lock for as long as this process runs: a second trainer on the same folder is
     refused with one line instead of interleaving checkpoints. The lock (flock) dies with its process,
     so a killed run never leaves a stale one. Then sweep the temporary files killed writers left."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot make {shorten(path)} ({error.strerror}); choose another --output_dir")
     handle = _try_lock(Path(path), fcntl.LOCK_EX)
     sweep(path)
     return handle  # keep it open: closing it releases the lock

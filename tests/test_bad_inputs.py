@@ -198,6 +198,11 @@ def resume_edited(change):
     return args
 
 
+def link(path, target):
+    path.symlink_to(target)
+    return path
+
+
 LONG = "x" * 10_000
 ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256))  # the start of a program, as /bin/ls has
 
@@ -363,6 +368,9 @@ CASES = {
     ),
     "output_dir is a file (evaluate, before any work)": evaluate_case(
         lambda c: ["--output_dir", c["out"] / "samples.npz"], "is a file, not a folder"
+    ),
+    "output_dir a looping link (train_dvae)": trainer_case(
+        "train_dvae", lambda c: ["--output_dir", link(c["tmp"] / "loop", c["tmp"] / "loop")], "looping symbolic link"
     ),
     "output_dir of 300 characters (evaluate)": evaluate_case(
         lambda c: ["--output_dir", c["tmp"] / ("n" * 300)], "cannot"
@@ -558,6 +566,12 @@ def test_a_trainer_replaces_links_instead_of_writing_through_them(trained, mnist
     run_to_the_end("train_mnist", make_args({"trained": trained, "mnist": mnist_dir}))
     assert victim.read_text() == "the user's file\n"
     assert not any((run / name).is_symlink() for name in names)
+
+
+def test_a_refused_run_leaves_no_output_folder_behind(trained, mnist_dir, tmp_path, capsys):
+    case = trainer_case("train_dvae", lambda c: ["--output_dir", tmp_path / "new" / "run", "--set", "dvae.channels=2"])
+    assert_refused(case, trained, mnist_dir, tmp_path, capsys)
+    assert not (tmp_path / "new").exists()
 
 
 def test_per_step_seeds_stay_within_what_torch_seeds_with():
