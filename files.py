@@ -118,8 +118,11 @@ def append_text(path, text):
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
     except OSError as error:
         raise UserError(f"cannot append to {shorten(path)}: {_reason(error)}; it was replaced while this run wrote it")
-    with os.fdopen(descriptor, "a", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with os.fdopen(descriptor, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as error:
+        raise UserError(f"cannot append to {shorten(path)}: {error.strerror}; the rows written before are kept")
 
 
 def _reason(error):
@@ -129,7 +132,7 @@ def _reason(error):
 def read_own_text(path):
     """The text of a file this project wrote, or None where there is none: a link is not followed."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a pipe there must not block
     except OSError:
         return None
     with os.fdopen(descriptor, "rb") as f:

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from common import print_rows
-from errors import ArgumentParser, UserError, run_main
+from errors import ArgumentParser, UserError, run_main, shorten
+from files import describe
 
 
 def parse_args(argv=None):
@@ -27,6 +28,8 @@ def parse_args(argv=None):
 def read(path, figures):
     """figures(one metrics.json), or one line saying why not."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{shorten(path)} is {describe(path)}; give metrics.json files written by evaluate.py")
     try:
         return figures(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:

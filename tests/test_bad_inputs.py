@@ -198,6 +198,11 @@ def resume_edited(change):
     return args
 
 
+def fifo(tmp):
+    os.mkfifo(tmp / "pipe")
+    return tmp / "pipe"
+
+
 def link(path, target):
     path.symlink_to(target)
     return path
@@ -480,6 +485,8 @@ CASES = {
         lambda c: ["--colour", "red"], "unrecognized arguments", "--help"
     ),
     "argparse: a bad choice (evaluate)": evaluate_case(lambda c: ["--keep", "worst"], "invalid choice", "--help"),
+    "a pipe as metrics.json (summarize)": ("summarize", lambda c: [fifo(c["tmp"])], ("not a regular file",)),
+    "a folder as metrics.json (summarize)": ("summarize", lambda c: [c["tmp"]], ("a folder, not a file",)),
     "argparse: no metrics (summarize)": ("summarize", lambda c: [], ("required", "--help")),
     "argparse: a missing value (benchmark)": bench_case(lambda c: ["--steps"], "expected one argument", "--help"),
     "a prompt of 10,000 characters": generate_case(lambda c: ["--prompt", LONG], "unknown word"),

@@ -99,6 +99,12 @@ def test_a_resumed_metrics_log_drops_what_a_kill_left_half_written(tmp_path, tai
     assert (tmp_path / "metrics.csv").read_text() == "step,metric,value\n1,loss,0.5\n2,loss,0.4\n"
 
 
+def test_a_metrics_log_that_is_a_pipe_is_replaced_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "metrics.csv")
+    MetricsLog(tmp_path / "metrics.csv", start_step=2)
+    assert (tmp_path / "metrics.csv").read_text() == "step,metric,value\n"
+
+
 def test_appending_never_follows_a_link(tmp_path, victim):
     (tmp_path / "log.csv").symlink_to(victim)
     with pytest.raises(UserError, match="symbolic link"):
