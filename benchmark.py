@@ -18,7 +18,6 @@ With --profile it also prints where dVAE training and one cached sampling run at
 spend their time, by operation, from torch.profiler.
 """
 
-import argparse
 import json
 import resource
 import subprocess
@@ -37,23 +36,41 @@ from config import load_config
 from dall_e import DallE
 from device import fast_bf16, pick_device, precision_context, resolve_precision
 from dvae import DiscreteVAE
-from errors import UserError, run_main
-from flags import SAMPLING_TEMPERATURE, add_precision_flag
+from errors import ArgumentParser, UserError, run_main
+from files import check_output_dir, write_text
+from flags import GUIDANCE_RANGE, SAMPLING_TEMPERATURE, add_precision_flag
+from memory import check_request_fits
 from sampling import sample_in_batches
 from summarize import print_rows
 from tokenizer import Tokenizer
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--config_path", help="an experiment YAML (default: none, config.py's recipe)")
-    parser.add_argument("--large_batch", type=int, default=1024, help="the large sampling batch (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per model (default: %(default)s)")
+    parser.add_argument(
+        "--large_batch",
+        type=int,
+        default=1024,
+        between=(2, 10**6, "a batch larger than one, to time guided sampling"),
+        help="the large sampling batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=20,
+        between=(1, 10**6, "at least one step to time"),
+        help="timed training steps per model (default: %(default)s)",
+    )
     parser.add_argument("--output_dir", default="output/bench", help="default: %(default)s")
     parser.add_argument("--device", default="auto", help="default: %(default)s")
     parser.add_argument("--profile", action="store_true", help="also profile dVAE training and sampling")
     parser.add_argument(
-        "--guidance", type=float, default=3.0, help="the guided sampling's scale (default: %(default)s)"
+        "--guidance",
+        type=float,
+        default=3.0,
+        between=GUIDANCE_RANGE,
+        help="the guided sampling's scale (default: %(default)s)",
     )
     parser.add_argument(
         "--compare", metavar="REF", help="a checkout of this project to measure first, side by side (optional)"
@@ -183,6 +200,7 @@ def measure(args):
     bar.update()
 
     model.eval(), dvae.eval()
+    check_request_fits(args.large_batch, 2 * args.large_batch, model, dvae)  # guided: two rows per image
     for batch in (1, args.large_batch):
         prompts = torch.randint(0, len(tokenizer.words), (batch, config.dall_e.text_length), device=device)
         figures |= sampling_speeds(model, dvae, prompts, device, args.precision, args.guidance)
@@ -304,13 +322,13 @@ def main():
         device = pick_device(args.device)
         print_rows(settings_speed(args.settings_of, device, args.precision, args.large_batch))
         return
+    check_output_dir(args.output_dir)  # before minutes of measuring
     reference = measure_reference(args.compare, args) if args.compare else None
     figures = measure(args)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if reference:
         figures["reference"] = reference | {"path": str(args.compare)}
-    (output_dir / "bench.json").write_text(json.dumps(figures, indent=2) + "\n")
+    write_text(output_dir / "bench.json", json.dumps(figures, indent=2) + "\n")
     print_table(figures)
     if reference:
         print_comparison(reference, figures, args.compare)

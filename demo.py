@@ -19,7 +19,6 @@ One drawing runs at a time; up to --queue requests wait for it, and the others a
 once that the page is busy.
 """
 
-import argparse
 import base64
 import binascii
 import json
@@ -36,7 +35,7 @@ from captions import check_trained_prompts, encode_prompts
 from checkpoints import load_dall_e
 from data import read_image_file, to_float
 from device import pick_device
-from errors import UserError, run_main
+from errors import ArgumentParser, UserError, run_main
 from flags import CANDIDATES, SAMPLING_TEMPERATURE, check_sampling_args, sampling_options
 from rerank import ACCEPT
 from sampling import completion_prime, sample_in_batches
@@ -47,7 +46,7 @@ MAX_CANDIDATES = 16  # draws per request on the page, so that one request holds 
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dall_e_checkpoint", default="output/dall_e/latest.pt", help="default: %(default)s")
     parser.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     parser.add_argument("--host", default="127.0.0.1", help="other interfaces only if you ask (default: %(default)s)")

@@ -29,7 +29,6 @@ reranker's retrieval accuracy and the sampling speed. The first run for a datase
 caches its two judges (about 4 minutes on a laptop CPU).
 """
 
-import argparse
 import json
 import math
 import time
@@ -53,9 +52,11 @@ from dall_e import heldout_losses
 from data import load_images, load_train_and_validation, to_float
 from device import pick_device, resolve_precision
 from dvae import encode_in_batches, reconstruction_metrics
-from errors import UserError, run_main
-from flags import add_sampling_flags, add_split_flags, check_sampling_args, sampling_options
+from errors import ArgumentParser, run_main
+from files import check_output_dir, write_text
+from flags import COUNT_RANGE, add_sampling_flags, add_split_flags, check_sampling_args, sampling_options, sampling_rows
 from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
+from memory import check_request_fits
 from sampling import sample_in_batches
 from summarize import print_rows
 
@@ -65,10 +66,12 @@ TEST_SEED_OFFSET = 1_000_003  # the test split draws its own prompts and samplin
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dall_e_checkpoint", default="output/dall_e/latest.pt", help="default: %(default)s")
     add_split_flags(parser, "validation (carved from the training images) to choose settings, test to report")
-    parser.add_argument("--samples", type=int, default=2000, help="images drawn per set (default: %(default)s)")
+    parser.add_argument(
+        "--samples", type=int, default=2000, between=COUNT_RANGE, help="images drawn per set (default: %(default)s)"
+    )
     add_sampling_flags(parser, batch_size=1000)
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
     parser.add_argument(
@@ -239,6 +242,7 @@ def measure(args):
     trained = load_dall_e(args.dall_e_checkpoint, need_reranker=args.candidates > 1, device=device)
     model, dvae, tokenizer, dataset = trained.model, trained.dvae, trained.tokenizer, trained.dataset
     check_sampling_args(args, dvae.config.codebook_size)
+    check_request_fits(4 * args.samples, sampling_rows(args, args.samples), model, dvae)  # 4 sets of images kept
     train, split = load_data(args, dataset, dvae.config.image_size)
     per_concept = max(1, args.samples // len(dataset.concepts))
     prompts, concepts = sample_prompts(dataset, per_concept, split_seed(args))
@@ -352,8 +356,7 @@ def print_table(m):
 
 def main():
     args = parse_args()
-    if args.samples < 1:
-        raise UserError(f"--samples must be >= 1, got {args.samples}")
+    check_output_dir(args.output_dir)  # before any work: the figures are written at the end
     settings = {
         "batch_size": args.batch_size,
         "temperature": args.temperature,
@@ -366,8 +369,7 @@ def main():
     }
     metrics = measure(args) | settings
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(f"{metrics['dataset']}, {args.split} split")
     print_table(metrics)
     for name, judge in metrics["judges"].items():

@@ -1,4 +1,4 @@
-"""A training run's dataset and config: the YAML, the flags, and what --resume may and may not change.
+"""A training run's folder, dataset and config: the YAML, the flags, and what --resume may and may not change.
 
 The config of a run is config.py's defaults, then the dataset's configs/DATASET.yaml (or
 --config_path), then --set and the training flags. A resumed run keeps its stored config and seed:
@@ -9,10 +9,22 @@ import dataclasses
 from pathlib import Path
 
 from captions import get_dataset
+from checkpoints import load_resumed
 from config import Config, config_from_dict, load_config
 from errors import UserError
+from files import check_fresh_start, check_not_busy, check_output_dir
+from memory import check_training_fits
 
 RESUMABLE_CHANGES = ("sample_every", "checkpoint_seconds")  # what --resume may change: it keeps the run exact
+
+
+def prepare_output_dir(args, kind):
+    """A trainer's checks on --output_dir, before any work: it can be written, no trainer holds it, and
+    a new run does not start over an earlier one unless --overwrite says so. The checkpoint to resume, or None."""
+    check_output_dir(args.output_dir)
+    check_not_busy(args.output_dir)
+    check_fresh_start(args.output_dir, kind, args.resume, args.overwrite)
+    return load_resumed(Path(args.output_dir) / "latest.pt", kind) if args.resume else None
 
 
 def choose_dataset(name, stored=None, source=None):
@@ -44,6 +56,7 @@ def experiment_config(args, section, dataset, stored=None):
         config = load_config(None, overrides, base=config_from_dict(stored))
         check_unchanged(config_from_dict(stored), config)
     check_config_fits(config, dataset)
+    check_training_fits(config, section, len(dataset.colours), len(dataset.words()) + config.dall_e.text_length)
     return config
 
 

@@ -5,11 +5,10 @@ script: the dataset and folders, training length and resume, device and precisio
 images are sampled and reranked.
 """
 
-import math
-
 from captions import DATASETS
+from config import MAX_SEED
 from device import PRECISIONS
-from errors import UserError
+from errors import UserError, shorten
 
 # Sampling defaults (docs/experiments.md, sampling settings): reranking filters out wrong digits, so the
 # transformer can sample above temperature 1 and give the reranker a wider choice.
@@ -17,6 +16,11 @@ SAMPLING_TEMPERATURE = 1.3
 CANDIDATES = 8
 GUIDANCE = 1.0
 MAX_CANDIDATES = 512  # the paper's largest number of draws per caption
+
+# Ranges of numeric flags (errors.ArgumentParser's between=): a value outside is one line, before any work.
+SEED_RANGE = (0, MAX_SEED, "what per-step seeds are computed from")
+COUNT_RANGE = (1, 10**9, "more than one request can hold")
+GUIDANCE_RANGE = (0, 20, "larger scales push the logits to extremes")
 
 
 def add_dataset_flag(parser):
@@ -39,7 +43,10 @@ def add_common_flags(parser, output_dir):
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps (default: %(default)s)"
     )
     parser.add_argument(
-        "--seed", type=int, help="random seed; it fixes the batch order (default: 0, or the resumed run's)"
+        "--seed",
+        type=int,
+        between=SEED_RANGE,
+        help="random seed; it fixes the batch order (default: 0, or the resumed run's)",
     )
     parser.add_argument(
         "--set",
@@ -67,6 +74,11 @@ def add_training_flags(parser):
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT_DIR/latest.pt to the same final step"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --output_dir that holds a run, replacing its files (without it, that is refused)",
+    )
     add_precision_flag(parser)
 
 
@@ -86,46 +98,56 @@ def add_sampling_flags(parser, batch_size):
         "--candidates",
         type=int,
         default=CANDIDATES,
+        between=(1, MAX_CANDIDATES, "the paper's most"),
         help="draws per image; the first the reranker accepts is kept (paper 2.3; 1 turns it off; "
         "default: %(default)s)",
     )
     parser.add_argument(
-        "--temperature", type=float, default=SAMPLING_TEMPERATURE, help="softmax temperature (default: %(default)s)"
+        "--temperature",
+        type=float,
+        default=SAMPLING_TEMPERATURE,
+        between=(0.1, 10, "below, every draw is the likeliest code; above, noise"),
+        help="softmax temperature (default: %(default)s)",
     )
     parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
     parser.add_argument(
-        "--top_p", type=float, help="nucleus sampling: the fewest codes holding this much probability (default: all)"
-    )
-    parser.add_argument(
-        "--guidance",
+        "--top_p",
         type=float,
-        default=GUIDANCE,
-        help="classifier-free guidance scale S: uncond + S * (cond - uncond); 1 is plain sampling "
-        "(default: %(default)s)",
+        between=(0.01, 1, "a share of the probability"),
+        help="nucleus sampling: the fewest codes holding this much probability (default: all)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    add_guidance_flag(parser, GUIDANCE)
+    parser.add_argument("--seed", type=int, default=0, between=SEED_RANGE, help="default: %(default)s")
     parser.add_argument(
-        "--batch_size", type=int, default=batch_size, help="images sampled at once (default: %(default)s)"
+        "--batch_size",
+        type=int,
+        default=batch_size,
+        between=COUNT_RANGE,
+        help="images sampled at once (default: %(default)s)",
     )
     add_precision_flag(parser)
 
 
+def add_guidance_flag(parser, default):
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=default,
+        between=GUIDANCE_RANGE,
+        help="classifier-free guidance scale S: uncond + S * (cond - uncond); 1 is plain sampling "
+        "(default: %(default)s)",
+    )
+
+
 def check_sampling_args(args, codebook_size):
-    """One line naming the first bad sampling flag."""
-    if not 1 <= args.candidates <= MAX_CANDIDATES:
-        raise UserError(
-            f"--candidates must be between 1 and {MAX_CANDIDATES} (the paper's most), got {args.candidates}"
-        )
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    """The sampling flags whose range depends on the checkpoint (the others have theirs in the parser)."""
     if args.top_k is not None and not 1 <= args.top_k <= codebook_size:
-        raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
-    if not 0 <= args.guidance < math.inf:
-        raise UserError(f"--guidance must be a number >= 0 (1 is plain sampling), got {args.guidance}")
+        raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {shorten(args.top_k)}")
+
+
+def sampling_rows(args, images):
+    """Sequences one batch of `images` runs at once: guidance runs each prompt twice."""
+    return min(args.batch_size, images) * (2 if args.guidance != 1 else 1)
 
 
 def sampling_options(args):

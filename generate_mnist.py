@@ -16,7 +16,6 @@ rows, the original, the completions) and samples.npz with `images` (float32, N x
 prompts, seed, batch size and precision give the same samples.
 """
 
-import argparse
 import math
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from captions import check_trained_prompts, encode_prompts, in_training_colours
 from checkpoints import check_dvae_matches, dvae_from_checkpoint, load_checkpoint, load_dall_e
 from data import load_train_and_validation, read_image_file, to_float
 from device import pick_device, resolve_precision
-from errors import UserError, run_main
-from files import atomic_write, check_output_dir
-from flags import add_sampling_flags, check_sampling_args, sampling_options
-from sampling import check_request_fits, completion_prime, sample_in_batches
+from errors import ArgumentParser, UserError, run_main, shorten
+from files import atomic_write, check_output_dir, describe
+from flags import COUNT_RANGE, add_sampling_flags, check_sampling_args, sampling_options, sampling_rows
+from memory import check_request_fits
+from sampling import completion_prime, sample_in_batches
 
 BATCH_SIZE = 256  # prompts sampled at once, by default
 
@@ -49,14 +49,14 @@ zero two 2 eight 6 3 9 1
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dall_e_checkpoint", default="output/dall_e/latest.pt", help="default: %(default)s")
     parser.add_argument(
         "--dvae_checkpoint", help="decode with this dVAE instead of the copy inside the DALL-E checkpoint (optional)"
     )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt such as 7 or seven (repeatable)")
     parser.add_argument("--prompts_file", help="a UTF-8 text file with one prompt per line (optional)")
-    parser.add_argument("--samples_per_prompt", type=int, default=1, help="default: %(default)s")
+    parser.add_argument("--samples_per_prompt", type=int, default=1, between=COUNT_RANGE, help="default: %(default)s")
     primer = parser.add_mutually_exclusive_group()
     primer.add_argument(
         "--prime_image",
@@ -89,18 +89,28 @@ def default_prompts(dataset):
     return [dataset.canonical(concept) for concept in dataset.concepts]
 
 
+MAX_PROMPTS_FILE_BYTES = 64 * 2**20
+
+
 def read_prompts(args, dataset):
     prompts = list(args.prompt)
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
-            raise UserError(f"prompts file not found: {path}")
+            what = describe(path)
+            if what == "not found":
+                raise UserError(f"prompts file not found: {shorten(path)}")
+            raise UserError(f"prompts file {shorten(path)} is {what}; give a text file with one prompt per line")
+        if path.stat().st_size > MAX_PROMPTS_FILE_BYTES:
+            raise UserError(f"prompts file {shorten(path)} is larger than {MAX_PROMPTS_FILE_BYTES // 2**20} MiB")
         try:
             lines = [line.strip() for line in path.read_bytes().decode("utf-8").splitlines()]
         except UnicodeDecodeError:
-            raise UserError(f"prompts file {path} is not UTF-8 text; give one prompt per line")
+            raise UserError(
+                f"prompts file {shorten(path)} is not UTF-8 text but {describe(path)}; give one prompt per line"
+            )
         if not any(lines):
-            raise UserError(f"prompts file {path} holds no prompt; give one prompt per line")
+            raise UserError(f"prompts file {shorten(path)} holds no prompt; give one prompt per line")
         prompts += [line for line in lines if line]
     return prompts or default_prompts(dataset)
 
@@ -192,13 +202,11 @@ def main():
         other = dvae_from_checkpoint(load_checkpoint(args.dvae_checkpoint, "dvae"), args.dvae_checkpoint)
         check_dvae_matches(other.config, dvae.config, args.dvae_checkpoint)
         dvae = other.to(device)
-    if args.samples_per_prompt < 1:
-        raise UserError(f"--samples_per_prompt must be >= 1, got {args.samples_per_prompt}")
     check_sampling_args(args, dvae.config.codebook_size)
     primed = check_priming(args, dvae.config.grid_size)
     asked = read_prompts(args, dataset)
-    sequences = args.batch_size * (2 if args.guidance != 1 else 1)  # guidance runs each prompt twice
-    check_request_fits(len(asked) * args.samples_per_prompt, sequences, model, dvae)
+    count = len(asked) * args.samples_per_prompt
+    check_request_fits(count, sampling_rows(args, count), model, dvae)
     check_trained_prompts(tokenizer, dataset, asked, encode_prompts(tokenizer, asked))  # before any work
     prompts = [p for p in asked for _ in range(args.samples_per_prompt)]
     text = encode_prompts(tokenizer, prompts)  # (N, T)

@@ -24,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoints import load_checkpoint, save_checkpoint
+from checkpoints import check_finite_weights, load_checkpoint, load_weights, save_checkpoint
 from data import random_affine, to_float
+from files import check_output_dir
 
 FEATURES = 128
 UNSURE = 0.9  # a judge is unsure of an image when no class reaches this probability
@@ -150,10 +151,12 @@ def load_or_train_judge(folder, name, train_images, train_labels, device, log=pr
     if path.is_file():
         checkpoint = load_checkpoint(path, "judge")
         if checkpoint.get("digits") == len(train_images):
-            judge.load_state_dict(checkpoint["model"])
+            load_weights(judge, checkpoint.get("model"), f"the cached judge {path} (delete it to train it again)")
+            check_finite_weights(judge, f"the cached judge {path} (delete it to train it again)")
             log(f"judge {name}: loaded {path}")
             return judge.to(device).eval()
         log(f"judge {name}: {path} was trained on other digits")
+    check_output_dir(folder, "--judge_dir")  # before minutes of training, not after
     log(f"judge {name}: training on {len(train_images):,} digits (cached in {path} afterwards)")
     judge = train_judge(name, train_images, train_labels, device)
     save_checkpoint({"kind": "judge", "name": name, "digits": len(train_images), "model": judge.state_dict()}, path)

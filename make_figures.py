@@ -7,8 +7,7 @@ output/dvae/ and output/dall_e/ (checkpoints, metrics.csv, sample grids) and are
 line naming the command that makes their inputs, where those are missing. Writes docs/*.png.
 """
 
-import argparse
-import csv
+import math
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -19,16 +18,18 @@ from matplotlib.patches import FancyArrowPatch, Rectangle
 from captions import encode_prompts, shown_split
 from checkpoints import dataset_of, dvae_from_checkpoint, load_checkpoint, load_dall_e
 from data import load_train_and_validation, to_float
-from errors import run_main
+from errors import ArgumentParser, run_main
+from files import atomic_write, check_output_dir
 from flags import CANDIDATES, GUIDANCE, SAMPLING_TEMPERATURE
 from generate_mnist import BATCH_SIZE, completion_grid, default_prompts, labelled_grid
 from sampling import completion_prime, sample_in_batches
 from train_dvae import save_reconstructions
+from training import row_step
 from transformer import MASK_KINDS, attention_mask, layer_mask_kinds
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--dvae_dir", default="output/dvae", help="train_dvae.py's output (default: %(default)s)")
     parser.add_argument("--dall_e_dir", default="output/dall_e", help="train_mnist.py's output (default: %(default)s)")
     parser.add_argument("--colour_dir", default="output/dall_e_colour", help="a color_mnist run (default: %(default)s)")
@@ -41,7 +42,7 @@ def parse_args(argv=None):
 
 
 def save(figure, path):
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(figure)
     print(f"wrote {path}")
 
@@ -100,9 +101,10 @@ def sequence_figure(path, text_length=3, shown_image=4):
 def read_metrics(path):
     """metrics.csv -> {metric: (steps, values)}; the last row wins where a resumed run repeated a step."""
     series = {}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            series.setdefault(row["metric"], {})[int(row["step"])] = float(row["value"])
+    for line in Path(path).read_text(errors="replace").splitlines()[1:]:
+        if row_step(line) < math.inf:  # a whole row: a kill can leave a blank or half-written last line
+            step, metric, value = line.split(",")
+            series.setdefault(metric, {})[int(step)] = float(value)
     return {name: (list(values), list(values.values())) for name, values in series.items()}
 
 
@@ -233,7 +235,7 @@ def skipped(name, needs, command):
 def main():
     args = parse_args()
     docs, dvae_dir, dall_e_dir = Path(args.docs_dir), Path(args.dvae_dir), Path(args.dall_e_dir)
-    docs.mkdir(parents=True, exist_ok=True)
+    check_output_dir(docs, "--docs_dir")
     masks_figure(docs / "masks.png")
     sequence_figure(docs / "sequence.png")
     if (dvae_dir / "metrics.csv").is_file() and (dall_e_dir / "metrics.csv").is_file():

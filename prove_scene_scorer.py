@@ -16,7 +16,6 @@ caches them). Targets (issue 21): true scenes right at least 97% overall and 95%
 mistakes scored right at most 3%. Writes OUTPUT_DIR/proof.json.
 """
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,8 @@ import torch
 
 from captions import PALETTE
 from data import load_images, load_train_and_validation, to_float
-from errors import UserError, run_main
+from errors import ArgumentParser, UserError, run_main
+from files import check_output_dir, write_text
 from flags import add_split_flags
 from judge import JUDGES, load_or_train_judge
 from scene_grammar import CATEGORIES
@@ -36,7 +36,7 @@ TARGETS = {"overall": 0.97, "category": 0.95, "mistakes": 0.03}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_split_flags(parser, "whose digits paint the scenes: validation to choose, test to report")
     parser.add_argument("--scenes", type=int, default=500, help="true scenes per category (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
@@ -146,6 +146,7 @@ def print_report(results, counts):
 
 def main():
     args = parse_args()
+    check_output_dir(args.output_dir)  # before minutes of work
     train, validation = load_train_and_validation("mnist", args.data_dir, 32)
     split = (
         validation
@@ -169,8 +170,8 @@ def main():
     }
     print_report(results, counts)
     output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "proof.json").write_text(
+    write_text(
+        output / "proof.json",
         json.dumps(
             {
                 "split": args.split,
@@ -181,6 +182,7 @@ def main():
             },
             indent=2,
         )
+        + "\n",
     )
     print(f"wrote {output / 'proof.json'}")
 

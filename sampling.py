@@ -7,13 +7,11 @@ sample_in_batches (generate_mnist.py, evaluate.py, benchmark.py, make_figures.py
 """
 
 import math
-import os
 
 import torch
 from tqdm import tqdm
 
 from device import fast_bf16, precision_context
-from errors import UserError
 from rerank import ACCEPT
 
 SMALLEST_BF16_BATCH = 128  # sampling fewer rows at once, bf16 autocast costs more than it saves (docs/engineering.md)
@@ -103,29 +101,3 @@ def first_accepted(model, dvae, text, prime, generator, reranker, candidates, **
         if len(pending) == 0:
             break
     return kept
-
-
-def available_memory():
-    """Bytes of memory free for this process now (physical memory where the OS does not say)."""
-    pages = os.sysconf("SC_AVPHYS_PAGES") if "SC_AVPHYS_PAGES" in os.sysconf_names else os.sysconf("SC_PHYS_PAGES")
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def sampling_memory(images, rows, model, dvae):
-    """Rough bytes a sampling request holds at once: every image kept (float32, twice while saving)
-    plus, for one batch of `rows` sequences, the KV cache and the decoder's widest activations."""
-    c, d = model.config, dvae.config
-    kept = 2 * images * d.channels * d.image_size**2 * 4
-    cache = 2 * c.n_layer * rows * model.transformer.max_length * c.n_embd * 4
-    decoding = 4 * rows * d.hidden_dim * 2 * d.image_size**2 * 4
-    return kept + cache + decoding
-
-
-def check_request_fits(images, rows, model, dvae):
-    """Refuse with one line, before any work, a request this machine's memory cannot hold."""
-    needed, free = sampling_memory(images, rows, model, dvae), available_memory()
-    if needed > free:
-        raise UserError(
-            f"{images:,} images in batches of {rows:,} sequences need about {needed / 2**30:.1f} GiB of memory, "
-            f"more than the {free / 2**30:.1f} GiB free; ask for fewer images or a smaller --batch_size"
-        )

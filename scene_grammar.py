@@ -21,11 +21,10 @@ increasing order.
     python scene_grammar.py "an eight above a 2"      # prints the Spec a caption asks for
 """
 
-import argparse
 from dataclasses import dataclass
 
 from captions import DIGITS, NUMBER_WORDS, PALETTE
-from errors import UserError, run_main
+from errors import ArgumentParser, UserError, run_main
 from tokenizer import Tokenizer
 
 CATEGORIES = ("single_object", "two_object", "counting", "colours", "position", "colour_attr")
@@ -202,7 +201,7 @@ def _joiner(words, caption):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("caption", nargs="+", help="one or more captions to read")
     for caption in parser.parse_args().caption:
         spec = parse(caption)

@@ -10,11 +10,11 @@ prompt accuracy, FID over the dVAE reconstructions' FID (both judges), near-copi
 for one draw and for the reranked draws.
 """
 
-import argparse
 import json
 from pathlib import Path
 
-from errors import UserError, run_main
+from errors import ArgumentParser, UserError, run_main, shorten
+from files import describe
 
 
 def print_rows(rows):
@@ -25,7 +25,7 @@ def print_rows(rows):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("metrics", nargs="+", help="metrics.json files written by evaluate.py (required)")
     parser.add_argument("--table", action="store_true", help="a Markdown row per run instead (default: off)")
     return parser.parse_args(argv)
@@ -34,6 +34,8 @@ def parse_args(argv=None):
 def read(path, figures):
     """figures(one metrics.json), or one line saying why not."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{shorten(path)} is {describe(path)}; give metrics.json files written by evaluate.py")
     try:
         return figures(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:

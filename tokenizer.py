@@ -13,7 +13,7 @@ error naming the word.
 
 import re
 
-from errors import UserError
+from errors import UserError, shorten
 
 
 class Tokenizer:
@@ -37,12 +37,17 @@ class Tokenizer:
         """A prompt -> text_length token ids, padded with one pad token per free position."""
         words = self.split(prompt)
         if not words:
-            raise UserError(f"empty prompt {prompt!r}: give a prompt such as '{self.words[0]}'")
+            raise UserError(f"empty prompt {shorten(prompt)!r}: give a prompt such as '{self.words[0]}'")
         unknown = [w for w in words if w not in self.ids]
         if unknown:
-            raise UserError(f"unknown word '{unknown[0]}' in prompt {prompt!r}; known words: {' '.join(self.words)}")
+            raise UserError(
+                f"unknown word {shorten(unknown[0])!r} in prompt {shorten(prompt)!r}; "
+                f"known words: {' '.join(self.words)}"
+            )
         if len(words) > self.text_length:
-            raise UserError(f"prompt {prompt!r} has {len(words)} words but the model reads at most {self.text_length}")
+            raise UserError(
+                f"prompt {shorten(prompt)!r} has {len(words)} words but the model reads at most {self.text_length}"
+            )
         ids = [self.ids[w] for w in words]
         return ids + [len(self.words) + i for i in range(len(ids), self.text_length)]
 

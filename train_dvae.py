@@ -8,7 +8,6 @@ dvae-<step>.pt every sample_every steps and at the end, and latest.pt at least e
 checkpoint_seconds. --resume continues from latest.pt.
 """
 
-import argparse
 import dataclasses
 import math
 from pathlib import Path
@@ -17,19 +16,19 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from captions import in_training_colours, shown_split
-from checkpoints import checkpoint_header, load_checkpoint
+from checkpoints import checkpoint_header
 from data import batch_indices, load_train_and_validation, to_float
 from device import precision_context
 from dvae import DiscreteVAE, codebook_usage, reconstruction_metrics
-from errors import run_main
-from experiment import choose_dataset, experiment_config, resume_seed
-from files import lock_output_dir
+from errors import ArgumentParser, run_main
+from experiment import choose_dataset, experiment_config, prepare_output_dir, resume_seed
+from files import atomic_write, lock_output_dir
 from flags import add_common_flags, add_training_flags
 from training import Bookkeeping, cosine, finish_run, restore, seed_step, start_run, wrap
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     add_common_flags(parser, output_dir="output/dvae")
     add_training_flags(parser)
     return parser.parse_args(argv)
@@ -51,13 +50,14 @@ def save_reconstructions(dvae, images, path, device):
     originals = make_grid(x, nrow=8, padding=2, pad_value=0.5)
     reconstructions = make_grid(dvae.decode(dvae.encode(x)), nrow=8, padding=2, pad_value=0.5)
     gap = torch.full((originals.shape[0], originals.shape[1], 8), 1.0, device=device)
-    save_image(torch.cat([originals, gap, reconstructions], dim=2), path)
+    grid = torch.cat([originals, gap, reconstructions], dim=2)
+    atomic_write(path, lambda f: save_image(grid, f, format="png"))
 
 
 def main():
     args = parse_args()
     output_dir = Path(args.output_dir)
-    resumed = load_checkpoint(output_dir / "latest.pt", "dvae") if args.resume else None
+    resumed = prepare_output_dir(args, "dvae")  # checked, before any work; latest.pt on --resume
     dataset = choose_dataset(args.dataset, resumed and resumed.get("dataset", "mnist"), output_dir / "latest.pt")
     config = experiment_config(args, "train_dvae", dataset, stored=resumed and resumed["config"])
     args.seed = resume_seed(args, resumed)

@@ -11,7 +11,6 @@ dall_e-<step>.pt every sample_every steps and at the end, and latest.pt at least
 checkpoint_seconds. The checkpoint carries the dVAE and the vocabulary: generation needs no other file.
 """
 
-import argparse
 import dataclasses
 import math
 from pathlib import Path
@@ -31,16 +30,23 @@ from captions import (
     random_colours,
     shown_split,
 )
-from checkpoints import check_dvae_matches, checkpoint_header, checkpoint_part, dvae_from_checkpoint, load_checkpoint
+from checkpoints import (
+    check_dvae_matches,
+    checkpoint_header,
+    dvae_from_checkpoint,
+    load_checkpoint,
+    load_weights,
+    reranker_from_checkpoint,
+)
 from dall_e import DallE, heldout_losses
 from data import batch_indices, load_train_and_validation, random_affine, to_float
 from device import precision_context
 from dvae import encode_in_batches
-from errors import UserError, run_main
-from experiment import choose_dataset, experiment_config, resume_seed
-from files import lock_output_dir
+from errors import ArgumentParser, UserError, run_main
+from experiment import choose_dataset, experiment_config, prepare_output_dir, resume_seed
+from files import atomic_write, lock_output_dir, write_text
 from flags import add_common_flags, add_training_flags
-from rerank import Reranker, RerankerConfig, reranker_from_state, reranker_state
+from rerank import Reranker, RerankerConfig, reranker_state
 from sampling import sample_in_batches
 from tokenizer import Tokenizer
 from training import Bookkeeping, cosine, finish_run, restore, seed_step, start_run, wrap
@@ -56,7 +62,7 @@ def grid_prompts(dataset):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--dvae_checkpoint", help="a dVAE checkpoint from train_dvae.py (required, except with --resume)"
     )
@@ -124,8 +130,8 @@ def make_ema(model, decay, resumed):
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
     ema.module.eval()  # the average only draws and is measured: dropout stays off (model.eval() never reaches it)
     if resumed:
-        ema.module.load_state_dict(resumed["ema_model"])
-        ema.n_averaged.fill_(resumed["ema_updates"])
+        load_weights(ema.module, resumed.get("ema_model"), "the moving average being resumed")
+        ema.n_averaged.fill_(resumed.get("ema_updates", 0))  # checked by checkpoints.load_resumed
     return ema
 
 
@@ -167,7 +173,7 @@ def choose_dvae(args, resumed):
 def main():
     args = parse_args()
     output_dir = Path(args.output_dir)
-    resumed = load_checkpoint(output_dir / "latest.pt", "dall_e") if args.resume else None
+    resumed = prepare_output_dir(args, "dall_e")  # checked, before any work; latest.pt on --resume
     dvae, dvae_dataset, dvae_source = choose_dvae(args, resumed)
     dataset = choose_dataset(args.dataset, dvae_dataset, dvae_source)
     config = experiment_config(args, "train_dall_e", dataset, stored=resumed and resumed["config"])
@@ -184,7 +190,7 @@ def main():
         dataset.source, args.data_dir, config.dvae.image_size, log=run.log
     )
     if resumed:
-        reranker = reranker_from_state(checkpoint_part(resumed, "reranker", output_dir / "latest.pt"))
+        reranker = reranker_from_checkpoint(resumed, output_dir / "latest.pt")
     else:
         reranker_config = RerankerConfig(
             tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels, *captions.shape[:2]
@@ -218,8 +224,9 @@ def main():
         losses = heldout_losses(sampler, validation_text.to(run.device), validation_codes.to(run.device))
         text = encode_prompts(tokenizer, [p for row in grid for p in row])
         images = sample_in_batches(sampler, dvae, text, len(text), args.seed)
-        save_image(images, output_dir / f"sample-{step}.png", nrow=len(grid[0]))
-        (output_dir / f"sample_prompts-{step}.txt").write_text("".join(" | ".join(row) + "\n" for row in grid))
+        png = lambda f: save_image(images, f, nrow=len(grid[0]), format="png")  # noqa: E731
+        atomic_write(output_dir / f"sample-{step}.png", png)
+        write_text(output_dir / f"sample_prompts-{step}.txt", "".join(" | ".join(row) + "\n" for row in grid))
         model.train()
         run.log(
             f"step {step}: validation image loss {losses['image_loss']:.4f} "

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from checkpoints import load_weights, save_checkpoint
 from device import pick_device, resolve_precision
 from errors import UserError
+from files import append_text, read_own_text, write_text
 
 
 def cosine(start, end, progress):
@@ -128,7 +129,9 @@ def restore(checkpoint, model, make_optimizer, run):
 class MetricsLog:
     """OUTPUT_DIR/metrics.csv: one `step,metric,value` row per measurement, for make_figures.py.
 
-    A fresh run starts the file anew; a resumed run keeps the rows up to the step it resumes from.
+    A fresh run starts the file anew; a resumed run keeps the rows up to the step it resumes from
+    (a blank or half-written last line, as a kill can leave, is dropped). The file is replaced, never
+    written through a link (files.py), and rows are appended to the file this run made.
     """
 
     HEADER = "step,metric,value\n"
@@ -137,15 +140,22 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
         if not enabled:
             return
-        kept = []
-        if start_step and path.is_file():
-            kept = [line + "\n" for line in path.read_text().splitlines()[1:] if int(line.split(",")[0]) <= start_step]
-        path.write_text(self.HEADER + "".join(kept))
+        earlier = read_own_text(path) if start_step else None
+        kept = [line + "\n" for line in (earlier or "").splitlines()[1:] if row_step(line) <= start_step]
+        write_text(path, self.HEADER + "".join(kept))
 
     def write(self, step, values):
         if self.enabled and values:
-            with self.path.open("a") as f:
-                f.writelines(f"{step},{name},{float(value):.6g}\n" for name, value in values.items())
+            append_text(self.path, "".join(f"{step},{name},{float(value):.6g}\n" for name, value in values.items()))
+
+
+def row_step(line):
+    """The step of one metrics.csv row, or infinity for a line that is not a whole row."""
+    fields = line.split(",")
+    try:
+        return int(fields[0]) if len(fields) == 3 and math.isfinite(float(fields[2])) else math.inf
+    except ValueError:
+        return math.inf
 
 
 class Interrupts:

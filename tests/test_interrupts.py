@@ -262,4 +262,4 @@ def test_generate_killed_at_random_moments_leaves_whole_files(trained, tmp_path)
         assert len(np.load(out / "samples.npz")["images"]) == 64  # the old file or the new one, never a part
         assert decode_image(read_file(str(out / "sample.png"))).shape[0] in (3, 4)
     leftovers = {p.name for p in out.iterdir()} - {"sample.png", "samples.npz"}
-    assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)  # a killed writer's, hidden
+    assert all(name.startswith(".") and name.endswith(".dalle-tmp") for name in leftovers)  # a killed writer's, hidden

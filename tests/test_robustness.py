@@ -69,7 +69,7 @@ def test_sigkill_at_random_moments_never_loses_the_checkpoint(tmp_path, mnist_di
     finished = run_script("train_dvae.py", *args, "--resume")
     assert finished.returncode == 0, finished.stderr
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 400
-    assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
+    assert not list(out.glob(".*.dalle-tmp")), "a temporary file was left behind"
 
 
 @pytest.mark.parametrize("script", ["train_dvae.py", "train_mnist.py"])
