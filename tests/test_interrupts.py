@@ -239,7 +239,11 @@ def test_a_second_trainer_on_a_busy_folder_is_refused(tmp_path, mnist_dir):
     common = ["train_dvae.py", "--config_path", config_file(tmp_path, SINGLE), "--data_dir", mnist_dir]
     first = start([sys.executable, *common, "--output_dir", tmp_path / "out"])
     wait_for_step(tmp_path / "out" / "latest.pt", 1, first)
-    second = run_script(*common, "--output_dir", tmp_path / "out")
+    first.send_signal(signal.SIGSTOP)  # paused while it holds the folder: it cannot finish before the second asks
+    try:
+        second = run_script(*common, "--output_dir", tmp_path / "out")
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     busy = f"error: another run is writing to {tmp_path / 'out'}; wait for it or choose another --output_dir"
     assert second.stderr.strip() == busy
