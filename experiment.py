@@ -8,8 +8,8 @@ a value that would change the run is refused, as the resumed run would be anothe
 import dataclasses
 from pathlib import Path
 
-from captions import get_dataset
 from config import Config, config_from_dict, load_config
+from dataset_index import get_dataset
 from errors import UserError
 
 RESUMABLE_CHANGES = ("sample_every", "checkpoint_seconds")  # what --resume may change: it keeps the run exact

@@ -7,7 +7,7 @@ images are sampled and reranked.
 
 import math
 
-from captions import DATASETS
+from dataset_index import DATASETS
 from device import PRECISIONS
 from errors import UserError
 

@@ -33,7 +33,7 @@ def completion_prime(dvae, image, rows):
     The pixels below those rows are blanked before encoding: the encoder's receptive field reaches
     far below a token's own cell, so tokens of the whole image would carry the hidden part.
     """
-    G, S = dvae.config.grid_size, dvae.config.image_size
+    G, S = dvae.config.canvas_grid, dvae.config.canvas_size
     shown = image.clone()
     shown[..., rows * S // G :, :] = 0.0  # black, the background of every training image
     return dvae.encode(shown).flatten(1)[:, : rows * G]
@@ -115,9 +115,9 @@ def sampling_memory(images, rows, model, dvae):
     """Rough bytes a sampling request holds at once: every image kept (float32, twice while saving)
     plus, for one batch of `rows` sequences, the KV cache and the decoder's widest activations."""
     c, d = model.config, dvae.config
-    kept = 2 * images * d.channels * d.image_size**2 * 4
+    kept = 2 * images * d.channels * d.canvas_size**2 * 4
     cache = 2 * c.n_layer * rows * model.transformer.max_length * c.n_embd * 4
-    decoding = 4 * rows * d.hidden_dim * 2 * d.image_size**2 * 4
+    decoding = 4 * rows * d.hidden_dim * 2 * d.canvas_size**2 * 4
     return kept + cache + decoding
 
 

@@ -22,13 +22,23 @@ from dataclasses import dataclass
 
 import torch
 
-from captions import PALETTE
+from captions import NUMBER_WORDS, PALETTE, WHITE, Dataset
 from errors import UserError
-from scene_grammar import CATEGORIES, COUNTS, RELATIONS, Digit, Spec, phrasings
+from scene_grammar import (
+    CATEGORIES,
+    COUNTS,
+    RELATIONS,
+    Digit,
+    Spec,
+    all_specs,
+    noun_phrases,
+    phrasings,
+    text_length,
+    vocabulary,
+)
 
 CANVAS, PLACE, JITTER = 64, 32, 2
 PLACES = 4
-WHITE = (255, 255, 255)
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 # Each part of every held-out composition is seen elsewhere: the 3 left of other digits, the 7 right
@@ -38,6 +48,27 @@ OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"
 HELD_OUT_RELATIONS = ((3, 7, "left"), (0, 8, "above"), (6, 2, "right"), (9, 4, "below"))  # (a, b, a is <rel> b)
 HELD_OUT_BINDINGS = (((3, "red"), (7, "blue")), ((1, "green"), (4, "magenta")), ((5, "cyan"), (9, "yellow")))
 HELD_OUT_COUNTS = ((3, 4), (2, 9), (4, 6))  # (count, digit): "three fours", "two nines", "four sixes"
+
+
+def digit_phrasings(label, colour):
+    """A single digit of a scene, white (colour None) or coloured: the grammar's noun phrases."""
+    return noun_phrases(Digit(label, colour))
+
+
+@dataclass(frozen=True)
+class SceneDataset(Dataset):
+    """--dataset scenes as the scripts see it. Its concepts are single digits, white or in a palette colour:
+    what the dVAE learns, one 32x32 place at a time, coloured as captions.py colours color_mnist. Its words
+    and text length are the grammar's, for the transformer and the reranker, which learn whole canvases."""
+
+    def words(self):
+        return vocabulary()
+
+    def text_length(self):
+        return text_length()
+
+
+SCENES = SceneDataset("scenes", "mnist", tuple(NUMBER_WORDS), digit_phrasings, (None, *PALETTE))
 
 
 @dataclass(frozen=True)
@@ -106,6 +137,11 @@ def spec_held_out(spec):
     if spec.category == "counting":
         return (len(d), d[0].digit) in HELD_OUT_COUNTS
     return len(d) == 2 and frozenset((x.digit, x.colour) for x in d) in HELD_BINDINGS
+
+
+def held_out_specs():
+    """Every Spec the grammar can say whose scenes are all held out: the benchmark's zero-shot prompts."""
+    return [spec for spec in all_specs() if spec_held_out(spec)]
 
 
 def _pick(options, generator):
