@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -54,9 +55,11 @@ from data import load_images, load_train_and_validation, to_float
 from device import pick_device, resolve_precision
 from dvae import encode_in_batches, reconstruction_metrics
 from errors import UserError, run_main
+from evaluate_scenes import measure_scenes, print_scene_table
 from flags import add_sampling_flags, check_sampling_args, sampling_options
 from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
 from sampling import sample_in_batches
+from scenes import SCENES, SceneDataset
 from summarize import print_rows
 
 JUDGE_MIN_ACCURACY = 0.98
@@ -80,6 +83,12 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
     parser.add_argument(
         "--judge_dir", default="output/judge", help="where the judges are cached, per dataset (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--proof_scenes",
+        type=int,
+        default=200,
+        help="scenes: true scenes per category for the ceilings (default: %(default)s)",
     )
     parser.add_argument("--device", default="auto", help="default: %(default)s")
     return parser.parse_args(argv)
@@ -247,6 +256,9 @@ def measure(args):
     model, dvae, tokenizer, dataset = trained.model, trained.dvae, trained.tokenizer, trained.dataset
     check_sampling_args(args, dvae.config.codebook_size)
     train, split = load_data(args, dataset, dvae.config.image_size)
+    if isinstance(dataset, SceneDataset):
+        scenes = measure_scenes(trained, train, split, args, split_seed(args), partial(generate, trained, args=args))
+        return scenes | {"dataset": dataset.name, "split": args.split, "sampling_seed": split_seed(args)}
     per_concept = max(1, args.samples // len(dataset.concepts))
     prompts, concepts = sample_prompts(dataset, per_concept, split_seed(args))
     samples = len(prompts)
@@ -359,8 +371,8 @@ def print_table(m):
 
 def main():
     args = parse_args()
-    if args.samples < 1:
-        raise UserError(f"--samples must be >= 1, got {args.samples}")
+    if args.samples < 1 or args.proof_scenes < 1:
+        raise UserError(f"--samples and --proof_scenes must be >= 1, got {args.samples} and {args.proof_scenes}")
     settings = {
         "batch_size": args.batch_size,
         "temperature": args.temperature,
@@ -376,7 +388,7 @@ def main():
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"{metrics['dataset']}, {args.split} split")
-    print_table(metrics)
+    (print_scene_table if metrics["dataset"] == SCENES.name else print_table)(metrics)
     for name, judge in metrics["judges"].items():
         if judge["accuracy_on_real"] < JUDGE_MIN_ACCURACY:
             print(
