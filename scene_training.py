@@ -19,7 +19,7 @@ from captions import encode_prompts, phrasing_table
 from data import to_float
 from rerank import RerankerConfig, SceneReranker
 from scene_grammar import CATEGORIES, FORMS, Spec, all_specs, phrasings
-from scenes import OPPOSITE, PLACES, SCENES, draw_training_scene, held_out_specs
+from scenes import OPPOSITE, PLACES, SCENES, draw_training_scene, held_out_specs, instances_by_digit
 from text_encoder import contrastive_loss
 from training import cosine, set_learning_rate
 
@@ -40,7 +40,7 @@ class SceneTokens:
         self.codes = codes
         self.blank = blank
         self.tokenizer = tokenizer
-        self.by_label = [torch.nonzero(labels == d).squeeze(1) for d in range(10)]
+        self.by_label = instances_by_digit(labels)
 
     def compose(self, contents, generator):
         """A scene's contents -> (N,) codes: each place's G x G grid, an instance of its digit or blank."""

@@ -189,15 +189,21 @@ def draw_training_scene(generator):
             return contents, spec, _pick(phrasings(spec), generator)
 
 
+def instances_by_digit(labels):
+    """(N,) labels -> for each digit 0 to 9, the indices of its instances; UserError if one has none."""
+    by_label = [torch.nonzero(labels == d).squeeze(1) for d in range(10)]
+    missing = [d for d in range(10) if len(by_label[d]) == 0]
+    if missing:
+        raise UserError(f"no digit {missing[0]} among the {len(labels)} digits to make scenes with")
+    return by_label
+
+
 class Renderer:
     """Paints scene contents with digits from one split: grey digits (N, 1, 32, 32) uint8 and labels (N,)."""
 
     def __init__(self, digits, labels):
         self.digits = digits
-        self.by_label = [torch.nonzero(labels == d).squeeze(1) for d in range(10)]
-        missing = [d for d in range(10) if len(self.by_label[d]) == 0]
-        if missing:
-            raise UserError(f"no digit {missing[0]} among the {len(labels)} digits to paint scenes with")
+        self.by_label = instances_by_digit(labels)
 
     def render(self, contents, generator):
         """Contents -> a (3, 64, 64) uint8 canvas: a random instance of each digit, coloured, jittered."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rerank import Reranker, RerankerShape
+from rerank import Reranker, RerankerConfig
 from scene_grammar import all_specs, parse, phrasings, text_length, vocabulary
 from text_encoder import TextEncoderShape, WordOrderEncoder, contrastive_loss
 from tokenizer import Tokenizer
@@ -26,7 +26,7 @@ def encode(captions):
 def test_captions_that_differ_only_in_word_order_get_different_embeddings():
     torch.manual_seed(0)
     encoder = WordOrderEncoder(SHAPE).eval()
-    bag = Reranker(RerankerShape(SHAPE.vocab_size, SHAPE.num_words, SHAPE.text_length)).eval()
+    bag = Reranker(RerankerConfig(SHAPE.vocab_size, SHAPE.num_words, SHAPE.text_length)).eval()
     for first, second in SWAPPED:
         text = encode([first, second])
         order = encoder(text)
