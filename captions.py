@@ -26,6 +26,7 @@ PALETTE = {
     "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
     "yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255),
 }  # fmt: skip
+WHITE = (255, 255, 255)  # a scene's uncoloured digit (scenes.py): colour None in 3 channels
 HELD_OUT = (
     (0, "cyan"), (1, "magenta"), (2, "yellow"), (3, "green"), (4, "red"),
     (5, "blue"), (6, "yellow"), (7, "blue"), (8, "green"), (9, "red"),
@@ -115,15 +116,13 @@ DATASETS = {
 }
 
 
-def get_dataset(name):
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name]
-
-
 def caption_table(dataset, tokenizer):
     """(concepts, P, T) token ids: every phrasing of every concept, shorter lists repeated to P."""
-    phrasings = [dataset.captions(*concept) for concept in dataset.concepts]
+    return phrasing_table(tokenizer, [dataset.captions(*concept) for concept in dataset.concepts])
+
+
+def phrasing_table(tokenizer, phrasings):
+    """K lists of phrasings -> (K, P, T) token ids, shorter lists repeated to the longest's P."""
     most = max(len(p) for p in phrasings)
     ids = [[tokenizer.encode(p[i % len(p)]) for i in range(most)] for p in phrasings]
     return torch.tensor(ids)
@@ -138,7 +137,9 @@ def colourise(images, colour_ids, dataset):
     """(N, 1, S, S) uint8 grey -> (N, C, S, S) uint8: each stroke in its colour (grey data unchanged)."""
     if dataset.channels == 1:
         return images
-    palette = torch.tensor([PALETTE[c] for c in dataset.colours], dtype=torch.float32) / 255  # (colours, 3)
+    palette = (
+        torch.tensor([PALETTE[c] if c else WHITE for c in dataset.colours], dtype=torch.float32) / 255
+    )  # (colours, 3)
     return (images.float() * palette[colour_ids][:, :, None, None]).round().to(torch.uint8)  # (N, 3, S, S)
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from captions import Dataset, get_dataset
+from captions import Dataset
 from config import MAX_SEED, MAX_TRAINING_STEPS, DVAEConfig, config_from_dict, from_dict, validate_dvae
 from dall_e import DallE
+from dataset_index import get_dataset
 from dvae import DiscreteVAE
 from errors import UserError, one_line, shorten
 from files import atomic_write, describe
@@ -143,7 +144,7 @@ def dvae_from_checkpoint(checkpoint, source="the dVAE checkpoint"):
 
 def check_dvae_matches(dvae_config: DVAEConfig, expected: DVAEConfig, source):
     """The dVAE checkpoint must be the one the experiment config describes."""
-    for name in ("codebook_size", "image_size", "channels", "grid_size"):
+    for name in ("codebook_size", "image_size", "channels", "grid_size", "tiles"):
         have, want = getattr(dvae_config, name), getattr(expected, name)
         if have != want:
             raise UserError(f"dVAE checkpoint {source} has {name}={have} but the config's dvae.{name} is {want}")

@@ -40,6 +40,17 @@ class DVAEConfig:
     codebook_dim: int = 64  # width of each codebook vector fed to the decoder
     hidden_dim: int = 16  # channels at the finest resolution; doubled at each halving
     num_resnet_blocks: int = 1  # residual blocks per group
+    tiles: int = 1  # images are tiles x tiles places of image_size, each tokenised on its own (scenes: 2x2)
+
+    @property
+    def canvas_size(self):
+        """The side of the images the model draws: tiles places of image_size."""
+        return self.image_size * self.tiles
+
+    @property
+    def canvas_grid(self):
+        """Tokens per side of a whole image: the transformer's grid."""
+        return self.grid_size * self.tiles
 
 
 @dataclass
@@ -207,6 +218,7 @@ def validate_dvae(c: DVAEConfig):
     for name in ("codebook_size", "codebook_dim", "hidden_dim"):
         _require(getattr(c, name) >= 2, f"dvae.{name} must be >= 2, got {getattr(c, name)}")
     _require(c.num_resnet_blocks >= 0, f"dvae.num_resnet_blocks must be >= 0, got {c.num_resnet_blocks}")
+    _require(c.tiles >= 1, f"dvae.tiles must be >= 1, got {c.tiles}")
 
 
 def _validate_training(section, c):

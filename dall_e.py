@@ -28,7 +28,7 @@ class DallE(nn.Module):
     def __init__(self, config: DallEConfig, dvae_config: DVAEConfig, text_vocab_size):
         super().__init__()
         self.config = config
-        self.grid_size = dvae_config.grid_size
+        self.grid_size = dvae_config.canvas_grid  # the whole image's tokens per side: a scene's 2x2 places of 8x8
         self.text_embedding = nn.Embedding(text_vocab_size, config.n_embd)
         self.image_embedding = nn.Embedding(dvae_config.codebook_size, config.n_embd)
         self.transformer = Transformer(config, self.grid_size)

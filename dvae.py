@@ -10,6 +10,12 @@ codes used afterwards. The ELBO (appendix A.2) is
 
 The KL term keeps the encoder from collapsing onto a few codes; beta is ramped up from 0.
 
+Canvases (config.tiles > 1, scenes): the dVAE is trained on single places of image_size and,
+being fully convolutional, could read a whole canvas; encode and decode instead cut the canvas
+into its tiles x tiles places and tokenise each on its own, exactly as it was trained, then lay the
+grids side by side: a 64x64 scene of 2x2 places is a 16x16 grid of four 8x8 ones, and a digit's
+tokens do not depend on its neighbours (so training scenes can be composed from digits tokenised once).
+
 Layout after OpenAI's released dVAE: groups of residual blocks, one group per resolution,
 the residual branch scaled by 1 / (number of blocks)**2 so a deep stack starts near identity.
 """
@@ -96,15 +102,18 @@ class DiscreteVAE(nn.Module):
         self.decoder = Decoder(config)
         self.to(memory_format=torch.channels_last)  # channels-last convolutions: 1.2x faster training on CPUs
 
-    def _check_images(self, images):
+    def _check_images(self, images, tiled=False):
+        """(B, C, S, S), or with tiled=True (B, C, tS, tS) for any whole t: one place or a canvas of them."""
         c = self.config
-        expected = (c.channels, c.image_size, c.image_size)
+        size = images.shape[-1] if tiled and images.shape[-1] % c.image_size == 0 else c.image_size
+        expected = (c.channels, size, size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images of shape {tuple(images.shape)} given to a dVAE built for (B, {expected})")
+            wanted = f"(B, {c.channels}, tS, tS) for S = {c.image_size}" if tiled else f"(B, {expected})"
+            raise ValueError(f"images of shape {tuple(images.shape)} given to a dVAE built for {wanted}")
 
     def relaxed(self, images, temperature):
         """Relaxed pass: images in [0,1] -> (pixel logits (B,C,S,S), code logits (B,K,G,G))."""
-        self._check_images(images)
+        self._check_images(images)  # trained on single places
         logits = self.encoder(images.contiguous(memory_format=torch.channels_last))  # (B, K, G, G)
         # In float32 even under bf16 autocast: at tau = 1/16, bf16's 8-bit mantissa would quantise the
         # noisy logits / tau coarsely before the softmax.
@@ -138,15 +147,23 @@ class DiscreteVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, images):
-        """Images (B, C, S, S) in [0,1] -> hard codes (B, G, G), integers in [0, K)."""
-        self._check_images(images)
-        return self.encoder(images.contiguous(memory_format=torch.channels_last)).argmax(dim=1)
+        """Images (B, C, tS, tS) in [0,1], t places a side (MNIST: 1) -> hard codes (B, tG, tG), integers in [0, K)."""
+        self._check_images(images, tiled=True)
+        S = self.config.image_size
+        t = images.shape[-1] // S
+        places = rearrange(images, "b c (r h) (q w) -> (b r q) c h w", h=S, w=S)  # (B t t, C, S, S)
+        codes = self.encoder(places.contiguous(memory_format=torch.channels_last)).argmax(dim=1)  # (B t t, G, G)
+        return rearrange(codes, "(b r q) h w -> b (r h) (q w)", r=t, q=t)
 
     @torch.no_grad()
     def decode(self, codes):
-        """Codes (B, G, G) -> images (B, C, S, S) in [0,1]."""
-        z = rearrange(self.codebook(codes), "b h w d -> b d h w")  # (B, D, G, G), channels-last in memory
-        return torch.sigmoid(self.decoder(z))
+        """Codes (B, tG, tG) -> images (B, C, tS, tS) in [0,1], each place's G x G codes decoded on its own."""
+        G = self.config.grid_size
+        t = codes.shape[-1] // G
+        places = rearrange(codes, "b (r h) (q w) -> (b r q) h w", h=G, w=G)  # (B t t, G, G)
+        z = rearrange(self.codebook(places), "n h w d -> n d h w")  # (B t t, D, G, G), channels-last in memory
+        images = torch.sigmoid(self.decoder(z))  # (B t t, C, S, S)
+        return rearrange(images, "(b r q) c h w -> b c (r h) (q w)", r=t, q=t)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ caches its two judges (about 4 minutes on a laptop CPU).
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,11 +54,13 @@ from data import load_images, load_train_and_validation, to_float
 from device import pick_device, resolve_precision
 from dvae import encode_in_batches, reconstruction_metrics
 from errors import ArgumentParser, run_main
+from evaluate_scenes import measure_scenes, print_scene_table
 from files import check_output_dir, write_text
 from flags import COUNT_RANGE, add_sampling_flags, add_split_flags, check_sampling_args, sampling_options, sampling_rows
 from judge import JUDGES, classify, frechet_distance, load_or_train_judge, unsure_share
 from memory import check_request_fits
 from sampling import sample_in_batches
+from scenes import SCENES, SceneDataset
 from summarize import print_rows
 
 JUDGE_MIN_ACCURACY = 0.98
@@ -76,6 +79,13 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="output/eval", help="default: %(default)s")
     parser.add_argument(
         "--judge_dir", default="output/judge", help="where the judges are cached, per dataset (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--proof_scenes",
+        type=int,
+        default=200,
+        between=COUNT_RANGE,
+        help="scenes: true scenes per category for the ceilings (default: %(default)s)",
     )
     parser.add_argument("--device", default="auto", help="default: %(default)s")
     return parser.parse_args(argv)
@@ -244,6 +254,9 @@ def measure(args):
     check_sampling_args(args, dvae.config.codebook_size)
     check_request_fits(4 * args.samples, sampling_rows(args, args.samples), model, dvae)  # 4 sets of images kept
     train, split = load_data(args, dataset, dvae.config.image_size)
+    if isinstance(dataset, SceneDataset):
+        scenes = measure_scenes(trained, train, split, args, split_seed(args), partial(generate, trained, args=args))
+        return scenes | {"dataset": dataset.name, "split": args.split, "sampling_seed": split_seed(args)}
     per_concept = max(1, args.samples // len(dataset.concepts))
     prompts, concepts = sample_prompts(dataset, per_concept, split_seed(args))
     samples = len(prompts)
@@ -371,7 +384,7 @@ def main():
     output_dir = Path(args.output_dir)
     write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(f"{metrics['dataset']}, {args.split} split")
-    print_table(metrics)
+    (print_scene_table if metrics["dataset"] == SCENES.name else print_table)(metrics)
     for name, judge in metrics["judges"].items():
         if judge["accuracy_on_real"] < JUDGE_MIN_ACCURACY:
             print(

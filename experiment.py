@@ -8,9 +8,9 @@ a value that would change the run is refused, as the resumed run would be anothe
 import dataclasses
 from pathlib import Path
 
-from captions import get_dataset
 from checkpoints import load_resumed
 from config import Config, config_from_dict, load_config
+from dataset_index import get_dataset
 from errors import UserError
 from files import check_fresh_start, check_not_busy, check_output_dir
 from memory import check_training_fits

@@ -5,8 +5,8 @@ script: the dataset and folders, training length and resume, device and precisio
 images are sampled and reranked.
 """
 
-from captions import DATASETS
 from config import MAX_SEED
+from dataset_index import DATASETS
 from device import PRECISIONS
 from errors import UserError, shorten
 

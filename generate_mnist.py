@@ -32,6 +32,9 @@ from files import atomic_write, check_output_dir, describe
 from flags import COUNT_RANGE, add_sampling_flags, check_sampling_args, sampling_options, sampling_rows
 from memory import check_request_fits
 from sampling import completion_prime, sample_in_batches
+from scene_grammar import trained_spec
+from scene_training import scene_grid_prompts
+from scenes import SceneDataset
 
 BATCH_SIZE = 256  # prompts sampled at once, by default
 
@@ -83,9 +86,12 @@ def parse_args(argv=None):
 
 
 def default_prompts(dataset):
-    """MNIST: the lesson's 64 prompts; other datasets: one caption per concept, held-out pairs included."""
+    """MNIST: the lesson's 64 prompts; scenes: a form per category and held-out compositions; other datasets:
+    one caption per concept, held-out pairs included."""
     if dataset.name == "mnist":
         return LESSON_PROMPTS
+    if isinstance(dataset, SceneDataset):
+        return [prompt for row in scene_grid_prompts() for prompt in row]
     return [dataset.canonical(concept) for concept in dataset.concepts]
 
 
@@ -133,8 +139,19 @@ def read_primer(args, dataset, dvae_config):
     return shown
 
 
-def check_priming(args, grid_size):
+def check_prompts(trained, prompts):
+    """Refuse, before any work, a prompt the model was not trained to read: one line naming an accepted form."""
+    if isinstance(trained.dataset, SceneDataset):
+        for prompt in prompts:
+            trained_spec(prompt)
+    else:
+        check_trained_prompts(trained.tokenizer, trained.dataset, prompts, encode_prompts(trained.tokenizer, prompts))
+
+
+def check_priming(args, grid_size, dataset):
     primed = args.prime_image is not None or args.prime_validation_digit is not None
+    if primed and isinstance(dataset, SceneDataset):
+        raise UserError("image completion (--prime_image, --prime_validation_digit) is for single images, not scenes")
     if args.prime_rows is not None and not primed:
         raise UserError("--prime_rows needs an image to complete: add --prime_image FILE or --prime_validation_digit I")
     if args.prime_rows is not None and not 0 <= args.prime_rows <= grid_size:
@@ -203,11 +220,11 @@ def main():
         check_dvae_matches(other.config, dvae.config, args.dvae_checkpoint)
         dvae = other.to(device)
     check_sampling_args(args, dvae.config.codebook_size)
-    primed = check_priming(args, dvae.config.grid_size)
+    primed = check_priming(args, dvae.config.grid_size, dataset)
     asked = read_prompts(args, dataset)
     count = len(asked) * args.samples_per_prompt
     check_request_fits(count, sampling_rows(args, count), model, dvae)
-    check_trained_prompts(tokenizer, dataset, asked, encode_prompts(tokenizer, asked))  # before any work
+    check_prompts(trained, asked)
     prompts = [p for p in asked for _ in range(args.samples_per_prompt)]
     text = encode_prompts(tokenizer, prompts)  # (N, T)
     prime, primer, kept_rows = None, None, None

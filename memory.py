@@ -75,9 +75,9 @@ def sampling_memory(images, rows, model, dvae):
     """Rough bytes a sampling request holds at once: every image kept (float32, twice while saving)
     plus, for one batch of `rows` sequences, the KV cache and the decoder's widest activations."""
     c, d = model.config, dvae.config
-    kept = 2 * images * d.channels * d.image_size**2 * 4
+    kept = 2 * images * d.channels * d.canvas_size**2 * 4
     cache = 2 * c.n_layer * rows * model.transformer.max_length * c.n_embd * 4
-    decoding = 4 * rows * d.hidden_dim * 2 * d.image_size**2 * 4
+    decoding = 4 * rows * d.hidden_dim * 2 * d.canvas_size**2 * 4
     return kept + cache + decoding
 
 

@@ -19,6 +19,14 @@ To read an image, it compares it with every concept (a class, or a class in a co
 captions.py), the held-out ones included: a concept it never saw can still be scored, word by
 word. A concept's text embedding is the mean over its phrasings (CLIP's prompt ensembling).
 
+Scenes (SceneReranker) need a text encoder that reads word order: "a red three and a blue seven"
+and "a blue three and a red seven" are the same bag of words. Its text side is text_encoder.py's
+small transformer, its image side the same CNN over the 64x64 canvas, trained as CLIP is (by
+scene_training.py). Its concepts are the scenes a caption can ask for, each with every phrasing
+that asks for it (a relation and its mirror, "a 3 left of a 7" and "a 7 right of a 3", are one); a
+true scene fits exactly one concept of its caption's category, so an image is read against the
+concepts of one category at a time: the softmax runs within each category.
+
 Which candidate to keep: the paper keeps the top-scored one. On MNIST that picks the most
 typical digit every time, so the samples lose their variety. We keep the first candidate the
 reranker accepts, one it reads as the prompt's concept with probability above ACCEPT = 0.9, and
@@ -34,6 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from text_encoder import TextEncoderShape, WordOrderEncoder
+
 
 @dataclass
 class RerankerConfig:
@@ -46,33 +56,30 @@ class RerankerConfig:
     concepts: int = 10  # the concepts it reads images against ...
     phrasings: int = 1  # ... each with this many captions
     embed_dim: int = 64
+    word_order: bool = False  # True: a SceneReranker, its text read by a transformer over the words
 
 
-class Reranker(nn.Module):
-    def __init__(self, config: RerankerConfig):
-        super().__init__()
-        self.config = config
-        self.num_words = config.num_words
-        self.word_embedding = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.text_projection = nn.Linear(config.embed_dim, config.embed_dim)
-        self.image_encoder = nn.Sequential(
-            nn.Conv2d(config.channels, 32, 4, stride=2, padding=1),
-            nn.ReLU(),  # (B, 32, S/2, S/2)
-            nn.Conv2d(32, 64, 4, stride=2, padding=1),
-            nn.ReLU(),  # (B, 64, S/4, S/4)
-            nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(),  # (B, 64 * 16)
-            nn.Linear(64 * 16, config.embed_dim),
-        )
-        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learned temperature
-        captions = torch.zeros(config.concepts, config.phrasings, config.text_length, dtype=torch.long)
-        self.register_buffer("captions", captions)  # (concepts, P, T) every phrasing; set by train_reranker
+def image_encoder(channels, embed_dim):
+    """(B, C, S, S) -> (B, E): a small strided CNN; its 4x4 pooled map keeps where things are."""
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 4, stride=2, padding=1),
+        nn.ReLU(),  # (B, 32, S/2, S/2)
+        nn.Conv2d(32, 64, 4, stride=2, padding=1),
+        nn.ReLU(),  # (B, 64, S/4, S/4)
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),  # (B, 64 * 16)
+        nn.Linear(64 * 16, embed_dim),
+    )
 
-    def encode_text(self, text):
-        """(P, T) token ids -> (P, E) unit vectors; padding is left out of the mean."""
-        words = (text < self.num_words).float().unsqueeze(-1)  # (P, T, 1)
-        mean = (self.word_embedding(text) * words).sum(1) / words.sum(1).clamp(min=1)  # (P, E)
-        return F.normalize(self.text_projection(mean), dim=-1)
+
+def caption_buffer(config):
+    """(concepts, P, T) zeros: every phrasing of every concept, filled in by the trainer."""
+    return torch.zeros(config.concepts, config.phrasings, config.text_length, dtype=torch.long)
+
+
+class ConceptReader(nn.Module):
+    """What both rerankers share: scores of images against prompts, and reading an image as a concept.
+    A subclass gives encode_text, encode_image, log_scale and the captions buffer."""
 
     def encode_image(self, images):
         """(B, C, S, S) in [0, 1] -> (B, E) unit vectors."""
@@ -98,6 +105,69 @@ class Reranker(nn.Module):
         return nearest // P
 
 
+class Reranker(ConceptReader):
+    """The MNIST reranker: the mean of the prompt's word embeddings, a bag of words, against the CNN."""
+
+    def __init__(self, config: RerankerConfig):
+        super().__init__()
+        self.config = config
+        self.num_words = config.num_words
+        self.word_embedding = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.text_projection = nn.Linear(config.embed_dim, config.embed_dim)
+        self.image_encoder = image_encoder(config.channels, config.embed_dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learned temperature
+        self.register_buffer("captions", caption_buffer(config))  # (concepts, P, T); set by train_reranker
+
+    def encode_text(self, text):
+        """(P, T) token ids -> (P, E) unit vectors; padding is left out of the mean."""
+        words = (text < self.num_words).float().unsqueeze(-1)  # (P, T, 1)
+        mean = (self.word_embedding(text) * words).sum(1) / words.sum(1).clamp(min=1)  # (P, E)
+        return F.normalize(self.text_projection(mean), dim=-1)
+
+
+class SceneReranker(ConceptReader):
+    """The scenes reranker: the word-order encoder (text_encoder.py) against the CNN over the canvas."""
+
+    def __init__(self, config: RerankerConfig):
+        super().__init__()
+        self.config = config
+        shape = TextEncoderShape(config.vocab_size, config.num_words, config.text_length, config.embed_dim)
+        self.text_encoder = WordOrderEncoder(shape)
+        self.image_encoder = image_encoder(config.channels, config.embed_dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.register_buffer("captions", caption_buffer(config))  # (concepts, P, T); set by the trainer
+        self.register_buffer("categories", torch.zeros(config.concepts, dtype=torch.long))  # (concepts,)
+        # Thirty thousand phrasings take seconds to embed: the trained concepts' embeddings are kept, as
+        # CLIP's zero-shot classifier keeps its classes' (set by freeze_concepts once training ends).
+        self.register_buffer("concept_table", torch.zeros(config.concepts, config.embed_dim))  # (concepts, E)
+
+    def encode_text(self, text):
+        """(P, T) token ids -> (P, E) unit vectors that depend on the words' order."""
+        return self.text_encoder(text)
+
+    @torch.no_grad()
+    def freeze_concepts(self):
+        """Embed every concept's phrasings once (ConceptReader.concept_embeddings) and keep the result."""
+        self.concept_table.copy_(super().concept_embeddings())
+
+    def concept_embeddings(self):
+        return self.concept_table
+
+    def concept_of(self, text):
+        """(B, T) prompts, each one of the phrasings word for word (generate_mnist.py checks) -> (B,) its concept."""
+        found = [(self.captions[None] == chunk[:, None, None]).all(-1).any(-1) for chunk in text.split(64)]  # (b, K)
+        return torch.cat(found).float().argmax(dim=-1)
+
+    def concept_probabilities(self, images):
+        """(B, C, S, S) -> (B, concepts): softmax over the concepts of each category on its own."""
+        logits = self.log_scale.exp() * self.encode_image(images) @ self.concept_embeddings().T  # (B, concepts)
+        probabilities = torch.empty_like(logits)
+        for category in self.categories.unique():
+            inside = self.categories == category
+            probabilities[:, inside] = logits[:, inside].softmax(dim=-1)
+        return probabilities
+
+
 ACCEPT = 0.9  # the reranker accepts a candidate when the prompt's concept is at least this probable
 
 
@@ -106,7 +176,11 @@ def reranker_state(model):
     return {"shape": dataclasses.asdict(model.config), "model": model.state_dict()}
 
 
+def make_reranker(config):
+    return (SceneReranker if config.word_order else Reranker)(config)
+
+
 def reranker_from_state(state):
-    model = Reranker(RerankerConfig(**state["shape"]))
+    model = make_reranker(RerankerConfig(**state["shape"]))
     model.load_state_dict(state["model"])
     return model.eval().requires_grad_(False)

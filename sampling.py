@@ -31,7 +31,7 @@ def completion_prime(dvae, image, rows):
     The pixels below those rows are blanked before encoding: the encoder's receptive field reaches
     far below a token's own cell, so tokens of the whole image would carry the hidden part.
     """
-    G, S = dvae.config.grid_size, dvae.config.image_size
+    G, S = dvae.config.canvas_grid, dvae.config.canvas_size
     shown = image.clone()
     shown[..., rows * S // G :, :] = 0.0  # black, the background of every training image
     return dvae.encode(shown).flatten(1)[:, : rows * G]

@@ -168,6 +168,17 @@ def parse(caption):
     return Spec(pair, relation)
 
 
+def trained_spec(caption):
+    """A caption as the scenes model was trained on it -> its Spec: one of phrasings(spec), word for word, and
+    no colour on a relation (training draws none); else UserError, one line naming an accepted form."""
+    spec = parse(caption)
+    if spec.relation and any(d.colour for d in spec.digits):
+        raise UserError(f"{caption!r} colours the digits of a relation, which training never shows; as in '{FORMS[4]}'")
+    if Tokenizer.split(caption) not in [Tokenizer.split(p) for p in phrasings(spec)]:
+        raise UserError(f"the model was trained on other phrasings of {caption!r}, such as '{phrasings(spec)[0]}'")
+    return spec
+
+
 def _count(words, caption):
     count, digit = COUNT_OF[words[0]], PLURAL_OF[words[1]]
     if count not in COUNTS:

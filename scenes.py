@@ -22,13 +22,23 @@ from dataclasses import dataclass
 
 import torch
 
-from captions import PALETTE
+from captions import NUMBER_WORDS, PALETTE, WHITE, Dataset
 from errors import UserError
-from scene_grammar import CATEGORIES, COUNTS, RELATIONS, Digit, Spec, phrasings
+from scene_grammar import (
+    CATEGORIES,
+    COUNTS,
+    RELATIONS,
+    Digit,
+    Spec,
+    all_specs,
+    noun_phrases,
+    phrasings,
+    text_length,
+    vocabulary,
+)
 
 CANVAS, PLACE, JITTER = 64, 32, 2
 PLACES = 4
-WHITE = (255, 255, 255)
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 # Each part of every held-out composition is seen elsewhere: the 3 left of other digits, the 7 right
@@ -38,6 +48,27 @@ OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"
 HELD_OUT_RELATIONS = ((3, 7, "left"), (0, 8, "above"), (6, 2, "right"), (9, 4, "below"))  # (a, b, a is <rel> b)
 HELD_OUT_BINDINGS = (((3, "red"), (7, "blue")), ((1, "green"), (4, "magenta")), ((5, "cyan"), (9, "yellow")))
 HELD_OUT_COUNTS = ((3, 4), (2, 9), (4, 6))  # (count, digit): "three fours", "two nines", "four sixes"
+
+
+def digit_phrasings(label, colour):
+    """A single digit of a scene, white (colour None) or coloured: the grammar's noun phrases."""
+    return noun_phrases(Digit(label, colour))
+
+
+@dataclass(frozen=True)
+class SceneDataset(Dataset):
+    """--dataset scenes as the scripts see it. Its concepts are single digits, white or in a palette colour:
+    what the dVAE learns, one 32x32 place at a time, coloured as captions.py colours color_mnist. Its words
+    and text length are the grammar's, for the transformer and the reranker, which learn whole canvases."""
+
+    def words(self):
+        return vocabulary()
+
+    def text_length(self):
+        return text_length()
+
+
+SCENES = SceneDataset("scenes", "mnist", tuple(NUMBER_WORDS), digit_phrasings, (None, *PALETTE))
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,11 @@ def spec_held_out(spec):
     return len(d) == 2 and frozenset((x.digit, x.colour) for x in d) in HELD_BINDINGS
 
 
+def held_out_specs():
+    """Every Spec the grammar can say whose scenes are all held out: the benchmark's zero-shot prompts."""
+    return [spec for spec in all_specs() if spec_held_out(spec)]
+
+
 def _pick(options, generator):
     return options[torch.randint(len(options), (), generator=generator).item()]
 
@@ -153,15 +189,21 @@ def draw_training_scene(generator):
             return contents, spec, _pick(phrasings(spec), generator)
 
 
+def instances_by_digit(labels):
+    """(N,) labels -> for each digit 0 to 9, the indices of its instances; UserError if one has none."""
+    by_label = [torch.nonzero(labels == d).squeeze(1) for d in range(10)]
+    missing = [d for d in range(10) if len(by_label[d]) == 0]
+    if missing:
+        raise UserError(f"no digit {missing[0]} among the {len(labels)} digits to make scenes with")
+    return by_label
+
+
 class Renderer:
     """Paints scene contents with digits from one split: grey digits (N, 1, 32, 32) uint8 and labels (N,)."""
 
     def __init__(self, digits, labels):
         self.digits = digits
-        self.by_label = [torch.nonzero(labels == d).squeeze(1) for d in range(10)]
-        missing = [d for d in range(10) if len(self.by_label[d]) == 0]
-        if missing:
-            raise UserError(f"no digit {missing[0]} among the {len(labels)} digits to paint scenes with")
+        self.by_label = instances_by_digit(labels)
 
     def render(self, contents, generator):
         """Contents -> a (3, 64, 64) uint8 canvas: a random instance of each digit, coloured, jittered."""

