@@ -23,7 +23,7 @@ from dvae import DiscreteVAE
 from errors import UserError, one_line, shorten
 from files import atomic_write, describe
 from memory import check_memory, check_model_fits, dvae_parameters
-from rerank import Reranker, RerankerConfig, reranker_from_state
+from rerank import Reranker, RerankerConfig, make_reranker, reranker_from_state
 from tokenizer import Tokenizer
 
 KIND_NAMES = {
@@ -181,14 +181,19 @@ def reranker_from_checkpoint(checkpoint, path):
     if "reranker" not in checkpoint:
         raise UserError(f"{path} holds no reranker (an older train_mnist.py made it); use --candidates 1 or retrain")
     state = checkpoint["reranker"]
-    names = [f.name for f in dataclasses.fields(RerankerConfig)]
+    fields = {f.name: f for f in dataclasses.fields(RerankerConfig)}
+    required = {
+        name for name, f in fields.items() if f.default is dataclasses.MISSING
+    }  # earlier versions lack the rest
     shape = state.get("shape") if isinstance(state, dict) else None
-    if not isinstance(shape, dict) or set(shape) != set(names) or not all(type(v) is int for v in shape.values()):
+    if not isinstance(shape, dict) or not required <= set(shape) <= set(fields):
         raise UserError(f"{path}'s reranker is damaged or edited; use --candidates 1, or retrain")
-    if not all(v >= 1 for v in shape.values()):
+    if not all(type(v) is (bool if fields[k].type is bool else int) for k, v in shape.items()):
+        raise UserError(f"{path}'s reranker is damaged or edited; use --candidates 1, or retrain")
+    if not all(v >= 1 for v in shape.values() if type(v) is int):
         raise UserError(f"{path}'s reranker has a size below 1: it was edited; use --candidates 1, or retrain")
     with torch.device("meta"):  # sizes edited to huge ones are refused before anything is allocated
-        size = sum(p.numel() for p in Reranker(RerankerConfig(**shape)).parameters())
+        size = sum(p.numel() for p in make_reranker(RerankerConfig(**shape)).parameters())
     check_memory(4 * size, f"{path}'s reranker", "it was edited; use --candidates 1, or retrain")
     try:
         reranker = reranker_from_state(state)

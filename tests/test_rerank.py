@@ -1,8 +1,9 @@
 import torch
 
 from captions import DATASETS, caption_table, colourise, concept_index
+from checkpoints import reranker_from_checkpoint
 from data import load_images, to_float
-from rerank import RerankerConfig, reranker_from_state, reranker_state
+from rerank import Reranker, RerankerConfig, reranker_from_state, reranker_state
 from train_mnist import train_reranker
 
 
@@ -39,3 +40,12 @@ def test_colour_reranker_reads_the_colour_of_images_it_trained_on(mnist_dir):
     assert (read_colour == colour).float().mean() > 0.9
     concept = concept_index(dataset, labels, colour)
     assert (probabilities.argmax(1) == concept).float().mean() > 0.3  # 60 concepts: chance is 1/60
+
+
+def test_a_reranker_saved_before_word_order_existed_still_loads():
+    """Checkpoints from before `word_order` (scenes) store the reranker's config without it."""
+    config = RerankerConfig(vocab_size=12, num_words=9, text_length=3)
+    state = reranker_state(Reranker(config))
+    del state["shape"]["word_order"]
+    loaded = reranker_from_checkpoint({"reranker": state}, "old.pt")
+    assert isinstance(loaded, Reranker) and not loaded.config.word_order
