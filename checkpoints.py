@@ -182,9 +182,7 @@ def reranker_from_checkpoint(checkpoint, path):
         raise UserError(f"{path} holds no reranker (an older train_mnist.py made it); use --candidates 1 or retrain")
     state = checkpoint["reranker"]
     fields = {f.name: f for f in dataclasses.fields(RerankerConfig)}
-    required = {
-        name for name, f in fields.items() if f.default is dataclasses.MISSING
-    }  # earlier versions lack the rest
+    required = set(fields) - {"word_order"}  # added with scenes: earlier checkpoints lack it
     shape = state.get("shape") if isinstance(state, dict) else None
     if not isinstance(shape, dict) or not required <= set(shape) <= set(fields):
         raise UserError(f"{path}'s reranker is damaged or edited; use --candidates 1, or retrain")
