@@ -21,6 +21,14 @@ MAX_CANDIDATES = 512  # the paper's largest number of draws per caption
 SEED_RANGE = (0, MAX_SEED, "what per-step seeds are computed from")
 COUNT_RANGE = (1, 10**9, "more than one request can hold")
 GUIDANCE_RANGE = (0, 20, "larger scales push the logits to extremes")
+SAMPLING_RANGES = {
+    "candidates": (1, MAX_CANDIDATES, "the paper's most"),
+    "temperature": (0.1, 10, "below, every draw is the likeliest code; above, noise"),
+    "top_p": (0.01, 1, "a share of the probability"),
+    "guidance": GUIDANCE_RANGE,
+    "seed": SEED_RANGE,
+    "batch_size": COUNT_RANGE,
+}
 
 
 def add_dataset_flag(parser):
@@ -98,7 +106,7 @@ def add_sampling_flags(parser, batch_size):
         "--candidates",
         type=int,
         default=CANDIDATES,
-        between=(1, MAX_CANDIDATES, "the paper's most"),
+        between=SAMPLING_RANGES["candidates"],
         help="draws per image; the first the reranker accepts is kept (paper 2.3; 1 turns it off; "
         "default: %(default)s)",
     )
@@ -106,14 +114,14 @@ def add_sampling_flags(parser, batch_size):
         "--temperature",
         type=float,
         default=SAMPLING_TEMPERATURE,
-        between=(0.1, 10, "below, every draw is the likeliest code; above, noise"),
+        between=SAMPLING_RANGES["temperature"],
         help="softmax temperature (default: %(default)s)",
     )
     parser.add_argument("--top_k", type=int, help="sample among the k most likely codes (default: all)")
     parser.add_argument(
         "--top_p",
         type=float,
-        between=(0.01, 1, "a share of the probability"),
+        between=SAMPLING_RANGES["top_p"],
         help="nucleus sampling: the fewest codes holding this much probability (default: all)",
     )
     add_guidance_flag(parser, GUIDANCE)
@@ -140,7 +148,12 @@ def add_guidance_flag(parser, default):
 
 
 def check_sampling_args(args, codebook_size):
-    """The sampling flags whose range depends on the checkpoint (the others have theirs in the parser)."""
+    """The sampling settings' ranges, for callers that do not come through the parser (demo.py), and the
+    one that depends on the checkpoint: top_k."""
+    for name, (lowest, highest, why) in SAMPLING_RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and not lowest <= value <= highest:  # nan fails too
+            raise UserError(f"{name} must be between {lowest:,} and {highest:,} ({why}), got {shorten(value)}")
     if args.top_k is not None and not 1 <= args.top_k <= codebook_size:
         raise UserError(f"--top_k must be between 1 and the codebook size {codebook_size}, got {shorten(args.top_k)}")
 
