@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from checkpoints import load_weights, save_checkpoint
 from device import pick_device, resolve_precision
-from errors import UserError
+from errors import UserError, leave_process_group
 from files import append_text, read_own_text, write_text
 
 
@@ -264,6 +264,7 @@ class Bookkeeping:
             self.run.log(
                 f"interrupted at step {step} ({name}): saved {self.latest}; continue with --resume", error=True
             )
+            leave_process_group()
             sys.exit(status)
 
     def save(self, step, numbered=False):
