@@ -13,8 +13,9 @@ The KL term keeps the encoder from collapsing onto a few codes; beta is ramped u
 Canvases (config.tiles > 1, scenes): the dVAE is trained on single places of image_size and,
 being fully convolutional, could read a whole canvas; encode and decode instead cut the canvas
 into its tiles x tiles places and tokenise each on its own, exactly as it was trained, then lay the
-grids side by side: a 64x64 scene of 2x2 places is a 16x16 grid of four 8x8 ones, and a digit's
-tokens do not depend on its neighbours (so training scenes can be composed from digits tokenised once).
+grids side by side: a 64x64 scene of 2x2 places is an 8x8 grid of four 4x4 ones (configs/scenes.yaml),
+and a digit's tokens do not depend on its neighbours (so training scenes can be composed from digits
+tokenised once).
 
 Layout after OpenAI's released dVAE: groups of residual blocks, one group per resolution,
 the residual branch scaled by 1 / (number of blocks)**2 so a deep stack starts near identity.

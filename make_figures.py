@@ -19,10 +19,15 @@ from captions import encode_prompts, shown_split
 from checkpoints import dataset_of, dvae_from_checkpoint, load_checkpoint, load_dall_e
 from data import load_train_and_validation, to_float
 from errors import ArgumentParser, run_main
+from evaluate_scenes import benchmark_prompts
 from files import atomic_write, check_output_dir
 from flags import CANDIDATES, GUIDANCE, SAMPLING_TEMPERATURE
 from generate_mnist import BATCH_SIZE, completion_grid, default_prompts, labelled_grid
+from judge import load_or_train_judge
 from sampling import completion_prime, sample_in_batches
+from scene_grammar import trained_spec
+from scene_score import judge_reader, score
+from scenes import spec_held_out
 from train_dvae import save_reconstructions
 from training import row_step
 from transformer import MASK_KINDS, attention_mask, layer_mask_kinds
@@ -36,6 +41,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--fashion_dir", default="output/dall_e_fashion", help="a fashion_mnist run (default: %(default)s)"
     )
+    parser.add_argument(
+        "--scenes_dir", default="output/dall_e_scenes", help="a --dataset scenes run (default: %(default)s)"
+    )
+    parser.add_argument("--judge_dir", default="output/judge", help="evaluate.py's judges (default: %(default)s)")
     parser.add_argument("--data_dir", default="data", help="MNIST, as the trainers read it (default: %(default)s)")
     parser.add_argument("--docs_dir", default="docs", help="where the figures go (default: %(default)s)")
     return parser.parse_args(argv)
@@ -228,6 +237,66 @@ def completion_figure(path, checkpoint_path, data_dir, rows=3, per_prompt=6):
     save(completion_grid(images, prompts, primer[0], rows * c.image_size // c.grid_size, per_prompt), path)
 
 
+# Each pair: a held-out composition, then the same words with the binding, the order or the digit swapped
+SCENE_PAIRS = (
+    ("a red three and a blue seven", "a blue three and a red seven"),
+    ("a green one and a magenta four", "a magenta one and a green four"),
+    ("a three to the left of a seven", "a seven to the left of a three"),
+    ("a zero above an eight", "an eight above a zero"),
+    ("three fours", "three sevens"),
+    ("two nines", "two fives"),
+)
+
+
+def show_scene(ax, image, title):
+    ax.imshow(image.permute(1, 2, 0).numpy())
+    ax.set_title(title, fontsize=6.5)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+@torch.no_grad()
+def scenes_figure(path, checkpoint_path, per_prompt=3):
+    """Held-out compositions beside their swapped, seen twins, as generate_mnist.py draws them."""
+    trained = load_dall_e(checkpoint_path, need_reranker=True)
+    prompts = [p for pair in SCENE_PAIRS for p in pair]
+    images = draw_as_generate(trained, [p for p in prompts for _ in range(per_prompt)])
+    figure, axes = plt.subplots(
+        per_prompt, len(prompts), figsize=(1.25 * len(prompts), 1.5 * per_prompt), squeeze=False
+    )
+    for i, prompt in enumerate(prompts):
+        label = "HELD OUT\n" if spec_held_out(trained_spec(prompt)) else "seen\n"
+        for j in range(per_prompt):
+            show_scene(
+                axes[j, i],
+                images[i * per_prompt + j],
+                (label + prompt.replace(" to the", "\nto the")) if j == 0 else "",
+            )
+    save(figure, path)
+
+
+@torch.no_grad()
+def scene_failures_figure(path, checkpoint_path, judge_dir, data_dir, prompts=240, shown=16):
+    """Benchmark prompts (evaluate_scenes.py's, validation seed) drawn as generate does; the ones the scorer
+    (judge A) calls wrong, with its reasons."""
+    trained = load_dall_e(checkpoint_path, need_reranker=True)
+    train, _ = load_train_and_validation("mnist", data_dir, trained.dvae.config.image_size, log=lambda line: None)
+    judge = load_or_train_judge(Path(judge_dir) / "mnist", "A", *train, "cpu")
+    captions, specs, _ = benchmark_prompts(prompts, seed=0)
+    images = draw_as_generate(trained, captions)
+    wrong = [
+        (i, reason) for i, (right, reason) in enumerate(score(images, specs, judge_reader(judge, "cpu"))) if not right
+    ]
+    columns = 8
+    rows = max(1, math.ceil(min(shown, len(wrong)) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (i, reason) in zip(axes.flat, wrong[:shown]):
+        show_scene(ax, images[i], f"{captions[i]}\n-> {reason}")
+    figure.suptitle(f"{len(wrong)} of {len(captions)} benchmark prompts scored wrong (judge A); the first {shown}")
+    save(figure, path)
+
+
 def skipped(name, needs, command):
     print(f"skipped {name}: needs {needs} (run {command} first)")
 
@@ -272,6 +341,12 @@ def main():
         samples_figure(docs / "fashion_samples.png", fashion)
     else:
         skipped("fashion_samples.png", fashion, "the fashion_mnist commands in the README")
+    scenes = Path(args.scenes_dir) / "latest.pt"
+    if scenes.is_file():
+        scenes_figure(docs / "scenes.png", scenes)
+        scene_failures_figure(docs / "scene_failures.png", scenes, args.judge_dir, args.data_dir)
+    else:
+        skipped("scenes.png and scene_failures.png", scenes, "the scenes commands in the README")
 
 
 if __name__ == "__main__":

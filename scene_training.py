@@ -4,8 +4,9 @@ Training scenes are composed, not tokenised one by one. The dVAE tokenises each 
 canvas on its own (dvae.py), so every training digit is tokenised once in each colour (white and the
 palette) and an empty place once; a scene drawn by scenes.draw_training_scene (never a held-out
 composition) takes, for each of its digits, a random training instance of that digit in its colour
-and lays the four 8x8 grids of its places side by side: a 16x16 grid, 256 tokens in raster order over
-the whole canvas, the tokens the dVAE gives the canvas painted without jitter.
+and lays the four G x G grids of its places side by side (configs/scenes.yaml: 4x4 each, so an 8x8
+grid, 64 tokens in raster order over the whole canvas): the tokens the dVAE gives the canvas painted
+without jitter.
 
 The reranker (rerank.SceneReranker) learns painted scenes, jitter included, against their captions,
 with CLIP's symmetric loss (text_encoder.contrastive_loss), as train_mnist.train_reranker does.

@@ -45,7 +45,8 @@ def test_benchmark_times_each_sampling_setting_of_a_trained_checkpoint(trained):
 def test_make_figures_draws_every_figure_from_the_trainers_outputs(trained, mnist_dir, tmp_path):
     result = run_script(
         "make_figures.py", "--dvae_dir", trained["dvae"], "--dall_e_dir", trained["dall_e"], "--data_dir", mnist_dir,
-        "--docs_dir", tmp_path, "--colour_dir", tmp_path / "none", "--fashion_dir", tmp_path / "none", timeout=600,
+        "--docs_dir", tmp_path, "--colour_dir", tmp_path / "none", "--fashion_dir", tmp_path / "none",
+        "--scenes_dir", tmp_path / "none", timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     drawn = {p.name for p in tmp_path.glob("*.png")}

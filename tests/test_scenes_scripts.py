@@ -65,14 +65,19 @@ def test_a_prompt_a_scenes_model_cannot_read_is_one_line_naming_an_accepted_form
     assert not (tmp_path / "samples.npz").exists()
 
 
+def untrained_judges(folder):
+    """Judges cached as evaluate.py caches them, untrained: fast, and enough to run the code end to end."""
+    torch.manual_seed(0)
+    for name, (make, *_) in RECIPES.items():
+        save_checkpoint(
+            {"kind": "judge", "digits": 4500, "model": make().state_dict()}, folder / "mnist" / f"judge_{name}.pt"
+        )
+
+
 def test_evaluate_scores_a_scenes_model_per_category_seen_and_held_out_beside_the_ceilings(
     trained_scenes, mnist_dir, tmp_path
 ):
-    torch.manual_seed(0)
-    for name, (make, *_) in RECIPES.items():  # untrained judges: fast, and warned about
-        save_checkpoint(
-            {"kind": "judge", "digits": 4500, "model": make().state_dict()}, tmp_path / "mnist" / f"judge_{name}.pt"
-        )
+    untrained_judges(tmp_path)
     result = run_script(
         "evaluate.py", "--dall_e_checkpoint", trained_scenes / "dall_e" / "latest.pt",
         "--data_dir", tmp_path / "no_data", "--split", "test", "--test_data_dir", mnist_dir, "--judge_dir", tmp_path,
@@ -89,3 +94,16 @@ def test_evaluate_scores_a_scenes_model_per_category_seen_and_held_out_beside_th
             assert categories["position"]["held_out"] is not None and categories["colours"]["held_out"] is None
     assert metrics["held_out_prompts"] == 6  # two in each of counting, position and colour attribution
     assert 0 <= metrics["ceilings"]["A"]["through_dvae"]["overall"] <= 1
+
+
+def test_make_figures_draws_the_scene_prompt_grid_and_the_failures_with_reasons(trained_scenes, tmp_path):
+    untrained_judges(tmp_path / "judges")
+    none = tmp_path / "none"
+    result = run_script(
+        "make_figures.py", "--dvae_dir", none, "--dall_e_dir", none, "--colour_dir", none, "--fashion_dir", none,
+        "--scenes_dir", trained_scenes / "dall_e", "--judge_dir", tmp_path / "judges", "--data_dir", none,
+        "--docs_dir", tmp_path / "docs", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "docs" / "scenes.png").is_file() and (tmp_path / "docs" / "scene_failures.png").is_file()
+    assert "wrote" in result.stdout and "skipped scenes.png" not in result.stdout
