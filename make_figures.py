@@ -8,6 +8,7 @@ line naming the command that makes their inputs, where those are missing. Writes
 """
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -185,12 +186,12 @@ def samples_over_training_figure(path, grids):
     save(figure, path)
 
 
-def draw_as_generate(trained, prompts, prime=None):
+def draw_as_generate(trained, prompts, prime=None, guidance=GUIDANCE):
     """Images for the prompts as generate_mnist.py draws them by default: seed 0, the first of 8 accepted."""
     text = encode_prompts(trained.tokenizer, prompts)
     return sample_in_batches(
         trained.model, trained.dvae, text, BATCH_SIZE, 0, prime, trained.reranker, CANDIDATES,
-        temperature=SAMPLING_TEMPERATURE, guidance=GUIDANCE,
+        temperature=SAMPLING_TEMPERATURE, guidance=guidance,
     )  # fmt: skip
 
 
@@ -237,6 +238,7 @@ def completion_figure(path, checkpoint_path, data_dir, rows=3, per_prompt=6):
     save(completion_grid(images, prompts, primer[0], rows * c.image_size // c.grid_size, per_prompt), path)
 
 
+SCENE_GUIDANCE = 2.0  # what the README recommends for scenes (chosen on validation: docs/experiments.md)
 # Each pair: a held-out composition, then the same words with the binding, the order or the digit swapped
 SCENE_PAIRS = (
     ("a red three and a blue seven", "a blue three and a red seven"),
@@ -256,33 +258,30 @@ def show_scene(ax, image, title):
 
 @torch.no_grad()
 def scenes_figure(path, checkpoint_path, per_prompt=3):
-    """Held-out compositions beside their swapped, seen twins, as generate_mnist.py draws them."""
+    """Held-out compositions beside their swapped, seen twins, as generate_mnist.py --guidance 2 draws them."""
     trained = load_dall_e(checkpoint_path, need_reranker=True)
     prompts = [p for pair in SCENE_PAIRS for p in pair]
-    images = draw_as_generate(trained, [p for p in prompts for _ in range(per_prompt)])
+    images = draw_as_generate(trained, [p for p in prompts for _ in range(per_prompt)], guidance=SCENE_GUIDANCE)
     figure, axes = plt.subplots(
         per_prompt, len(prompts), figsize=(1.25 * len(prompts), 1.5 * per_prompt), squeeze=False
     )
     for i, prompt in enumerate(prompts):
         label = "HELD OUT\n" if spec_held_out(trained_spec(prompt)) else "seen\n"
+        title = label + "\n".join(textwrap.wrap(prompt, 16))
         for j in range(per_prompt):
-            show_scene(
-                axes[j, i],
-                images[i * per_prompt + j],
-                (label + prompt.replace(" to the", "\nto the")) if j == 0 else "",
-            )
+            show_scene(axes[j, i], images[i * per_prompt + j], title if j == 0 else "")
     save(figure, path)
 
 
 @torch.no_grad()
 def scene_failures_figure(path, checkpoint_path, judge_dir, data_dir, prompts=240, shown=16):
-    """Benchmark prompts (evaluate_scenes.py's, validation seed) drawn as generate does; the ones the scorer
-    (judge A) calls wrong, with its reasons."""
+    """Benchmark prompts (evaluate_scenes.py's, validation seed) drawn as generate --guidance 2 does; the ones
+    the scorer (judge A) calls wrong, with its reasons."""
     trained = load_dall_e(checkpoint_path, need_reranker=True)
     train, _ = load_train_and_validation("mnist", data_dir, trained.dvae.config.image_size, log=lambda line: None)
     judge = load_or_train_judge(Path(judge_dir) / "mnist", "A", *train, "cpu")
     captions, specs, _ = benchmark_prompts(prompts, seed=0)
-    images = draw_as_generate(trained, captions)
+    images = draw_as_generate(trained, captions, guidance=SCENE_GUIDANCE)
     wrong = [
         (i, reason) for i, (right, reason) in enumerate(score(images, specs, judge_reader(judge, "cpu"))) if not right
     ]
@@ -292,7 +291,7 @@ def scene_failures_figure(path, checkpoint_path, judge_dir, data_dir, prompts=24
     for ax in axes.flat:
         ax.axis("off")
     for ax, (i, reason) in zip(axes.flat, wrong[:shown]):
-        show_scene(ax, images[i], f"{captions[i]}\n-> {reason}")
+        show_scene(ax, images[i], "\n".join(textwrap.wrap(captions[i], 24)) + f"\n-> {reason}")
     figure.suptitle(f"{len(wrong)} of {len(captions)} benchmark prompts scored wrong (judge A); the first {shown}")
     save(figure, path)
 
