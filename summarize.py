@@ -8,6 +8,10 @@ difference between two settings smaller than these ranges is noise, not a reason
 With --table: a Markdown table, a row per run (the sampling settings evaluate.py was given), with
 prompt accuracy, FID over the dVAE reconstructions' FID (both judges), near-copies and images/s,
 for one draw and for the reranked draws.
+
+Scenes (evaluate_scenes.py's metrics): the GenEval-style overall and every category, held-out over
+seen where a category has held-out prompts, for one draw and reranked, and the two ceilings; with
+--table, a row per run and draw with each category's share, judge A / judge B.
 """
 
 import json
@@ -63,8 +67,53 @@ def table_rows(m):
     return rows
 
 
+SCENE_TABLE_HEADER = (
+    "| guidance | draws | overall A / B | single object | two objects | counting | colours | position "
+    "| colour attribution |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def scene_table_rows(m):
+    """Markdown rows of one scenes metrics.json: one draw, then reranked; every share judge A / judge B."""
+    rows = []
+    for draws, judges in m["draws"].items():
+        kind = "1" if draws == "1" else f"first of {draws}"
+        a, b = judges["A"], judges["B"]
+        cells = [f"{100 * a['overall']:.1f} / {100 * b['overall']:.1f}%"] + [
+            f"{100 * c['all']:.1f} / {100 * b['categories'][name]['all']:.1f}" for name, c in a["categories"].items()
+        ]
+        rows.append(f"| {m['guidance']:g} | {kind} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def table(m):
+    """(header, Markdown rows) of one metrics.json, scenes or single images."""
+    if m.get("dataset") == "scenes":
+        return SCENE_TABLE_HEADER, scene_table_rows(m)
+    return TABLE_HEADER, table_rows(m)
+
+
+def scene_headline(m):
+    """The scenes benchmark's figures by name: overall and per category, held-out over seen, the ceilings."""
+    figures = {}
+    for draws, judges in m["draws"].items():
+        kind = "one draw" if draws == "1" else f"first of {draws}"
+        for j, d in judges.items():
+            figures[f"{kind}: overall (%, judge {j})"] = 100 * d["overall"]
+            for name, c in d["categories"].items():
+                figures[f"{kind}: {name} (%, judge {j})"] = 100 * c["all"]
+                if c["held_out"] is not None and c["seen"]:
+                    figures[f"{kind}: {name}, held-out / seen (judge {j})"] = c["held_out"] / c["seen"]
+    for j, c in m["ceilings"].items():
+        figures[f"ceiling: scorer on true scenes (%, judge {j})"] = 100 * c["scorer_true"]["overall"]
+        figures[f"ceiling: true scenes through the dVAE (%, judge {j})"] = 100 * c["through_dvae"]["overall"]
+    return figures
+
+
 def headline(m):
     """The figures the README reports, by name, from one metrics.json."""
+    if m.get("dataset") == "scenes":
+        return scene_headline(m)
     kept = max(m["draws"], key=int)  # the reranked draws where there are some
     d, figures = m["draws"][kept], {}
     for j, judge in m["judges"].items():
@@ -87,7 +136,10 @@ def headline(m):
 def main():
     args = parse_args()
     if args.table:
-        print("\n".join([TABLE_HEADER] + [row for path in args.metrics for row in read(path, table_rows)]))
+        tables = [read(path, table) for path in args.metrics]
+        if len({header for header, _ in tables}) > 1:
+            raise UserError("--table takes runs of one kind: give scenes metrics and single-image metrics apart")
+        print("\n".join([tables[0][0]] + [row for _, rows in tables for row in rows]))
         return
     runs = [read(path, headline) for path in args.metrics]
     rows = [("figure", f"mean [lowest, highest] over {len(runs)} runs")]

@@ -74,18 +74,24 @@ def untrained_judges(folder):
         )
 
 
-def test_evaluate_scores_a_scenes_model_per_category_seen_and_held_out_beside_the_ceilings(
-    trained_scenes, mnist_dir, tmp_path
-):
-    untrained_judges(tmp_path)
+@pytest.fixture(scope="module")
+def scene_evaluation(trained_scenes, mnist_dir, tmp_path_factory):
+    """evaluate.py on the tiny scenes model, test split, with untrained judges: (its result, its folder)."""
+    folder = tmp_path_factory.mktemp("scene_evaluation")
+    untrained_judges(folder)
     result = run_script(
         "evaluate.py", "--dall_e_checkpoint", trained_scenes / "dall_e" / "latest.pt",
-        "--data_dir", tmp_path / "no_data", "--split", "test", "--test_data_dir", mnist_dir, "--judge_dir", tmp_path,
-        "--samples", "48", "--candidates", "2", "--proof_scenes", "3", "--output_dir", tmp_path, "--device", "cpu",
+        "--data_dir", folder / "no_data", "--split", "test", "--test_data_dir", mnist_dir, "--judge_dir", folder,
+        "--samples", "48", "--candidates", "2", "--proof_scenes", "3", "--output_dir", folder, "--device", "cpu",
     )  # fmt: skip
+    return result, folder
+
+
+def test_evaluate_scores_a_scenes_model_per_category_seen_and_held_out_beside_the_ceilings(scene_evaluation):
+    result, folder = scene_evaluation
     assert result.returncode == 0, result.stderr
     assert "overall (mean of six)" in result.stdout and "ceiling, judge B" in result.stdout
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["dataset"] == "scenes" and set(metrics["draws"]) == {"1", "2"} and metrics["samples"] == 48
     for judges in metrics["draws"].values():
         for figures in judges.values():
@@ -94,6 +100,32 @@ def test_evaluate_scores_a_scenes_model_per_category_seen_and_held_out_beside_th
             assert categories["position"]["held_out"] is not None and categories["colours"]["held_out"] is None
     assert metrics["held_out_prompts"] == 6  # two in each of counting, position and colour attribution
     assert 0 <= metrics["ceilings"]["A"]["through_dvae"]["overall"] <= 1
+
+
+def test_summarize_gives_the_scene_categories_over_runs_and_as_a_table(scene_evaluation, tmp_path):
+    _, folder = scene_evaluation
+    metrics = json.loads((folder / "metrics.json").read_text())
+    summary = run_script("summarize.py", folder / "metrics.json", folder / "metrics.json")
+    assert summary.returncode == 0, summary.stderr
+    rows = dict(row.split("  ", 1) for row in summary.stdout.splitlines()[1:])
+    rows = {name.strip(): value.strip() for name, value in rows.items()}
+    reranked = metrics["draws"]["2"]["B"]
+    overall = 100 * reranked["overall"]
+    assert rows["first of 2: overall (%, judge B)"] == f"{overall:.4g} [{overall:.4g}, {overall:.4g}]"  # two copies
+    position = reranked["categories"]["position"]
+    if position["seen"]:
+        ratio = position["held_out"] / position["seen"]
+        assert rows["first of 2: position, held-out / seen (judge B)"].startswith(f"{ratio:.4g} [")
+    assert "first of 2: colours, held-out / seen (judge B)" not in rows  # colours hold nothing out
+    table = run_script("summarize.py", "--table", folder / "metrics.json").stdout.splitlines()
+    assert len(table) == 4 and table[0].endswith("| colour attribution |")  # header, rule, one draw, first of 2
+    attr = [100 * metrics["draws"]["2"][j]["categories"]["colour_attr"]["all"] for j in ("A", "B")]
+    assert table[3].startswith("| 1 | first of 2 | ") and table[3].endswith(f"| {attr[0]:.1f} / {attr[1]:.1f} |")
+    single = tmp_path / "metrics.json"  # a single-digit run's figures, as summarize.py reads them
+    figures = {"prompt_accuracy": 0.5, "fid_over_dvae": 1.0}
+    draws = {"1": {"A": figures, "B": figures, "near_copies": 0.0}}
+    single.write_text(json.dumps({"draws": draws, "guidance": 1.0, "top_p": None, "sampling_images_per_second": 9.0}))
+    assert_clean_error(run_script("summarize.py", "--table", folder / "metrics.json", single), "runs of one kind")
 
 
 def test_make_figures_draws_the_scene_prompt_grid_and_the_failures_with_reasons(trained_scenes, tmp_path):
