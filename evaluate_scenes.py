@@ -26,8 +26,10 @@ from captions import encode_prompts
 from data import to_float
 from judge import JUDGES, classify, load_or_train_judge
 from prove_scene_scorer import draw_proof_set, summarise
+from rerank import ACCEPT
 from scene_grammar import CATEGORIES, phrasings
 from scene_score import judge_reader, score
+from scene_training import concept_key, scene_concepts
 from scenes import Renderer, draw_spec, held_out_specs, spec_held_out
 
 HELD_OUT_EVERY = 4  # in counting, position and colour attribution, one prompt in four asks for a held-out composition
@@ -77,9 +79,9 @@ def per_category(verdicts, specs, held_out):
     }
 
 
-def ceilings(dvae, readers, split, proof_scenes, seed, device):
+def ceilings(dvae, readers, proof_set, device):
     """The scorer's proof on the split's digits (true scenes and mistakes right) and true scenes through the dVAE."""
-    images, specs, kinds = draw_proof_set(Renderer(*split), proof_scenes, torch.Generator().manual_seed(seed))
+    images, specs, kinds = proof_set
     true = [k == "true" for k in kinds]
     painted = to_float(images[torch.tensor(true)])
     rebuilt = torch.cat([dvae.decode(dvae.encode(x.to(device))).cpu() for x in painted.split(500)])
@@ -94,12 +96,35 @@ def ceilings(dvae, readers, split, proof_scenes, seed, device):
     return figures
 
 
+def reranker_reading(reranker, proof_set, device):
+    """How the reranker reads true scenes, per category: the share whose concept is its favourite of the
+    category (top-1), and the share it accepts (the concept above rerank.ACCEPT), as reranking asks it to."""
+    images, specs, kinds = proof_set
+    true = [k == "true" for k in kinds]
+    specs = [s for s, t in zip(specs, true) if t]
+    keys = {key: i for i, key in enumerate(scene_concepts()[0])}  # the concepts in the reranker's order
+    truth = torch.tensor([keys[concept_key(s)] for s in specs], device=device)  # (N,)
+    painted = to_float(images[torch.tensor(true)])
+    probabilities = torch.cat([reranker.concept_probabilities(x.to(device)) for x in painted.split(500)])  # (N, K)
+    figures = {}
+    for i, category in enumerate(CATEGORIES):
+        mine = torch.tensor([s.category == category for s in specs], device=device)
+        favourite = probabilities[mine].masked_fill(reranker.categories != i, -1.0).argmax(dim=1)
+        accepted = probabilities[mine].gather(1, truth[mine, None]).squeeze(1) > ACCEPT
+        figures[category] = {
+            "top1": (favourite == truth[mine]).float().mean().item(),
+            "accepted": accepted.float().mean().item(),
+        }
+    return figures
+
+
 def measure_scenes(trained, train, split, args, seed, draw):
     """The benchmark's figures for a scenes checkpoint; draw(text, candidates=) -> (images, seconds)."""
     device = next(trained.model.parameters()).device
     judges = {name: load_or_train_judge(Path(args.judge_dir) / "mnist", name, *train, device) for name in JUDGES}
     readers = {name: judge_reader(judge, device) for name, judge in judges.items()}
     prompts, specs, held_out = benchmark_prompts(args.samples, seed)
+    proof_set = draw_proof_set(Renderer(*split), args.proof_scenes, torch.Generator().manual_seed(seed))
     text = encode_prompts(trained.tokenizer, prompts)
     draws, seconds = {}, {}
     for candidates in sorted({1, args.candidates}):
@@ -115,7 +140,8 @@ def measure_scenes(trained, train, split, args, seed, draw):
         "samples": len(prompts),
         "held_out_prompts": sum(held_out),
         "draws": draws,
-        "ceilings": ceilings(trained.dvae, readers, split, args.proof_scenes, seed, device),
+        "ceilings": ceilings(trained.dvae, readers, proof_set, device),
+        "reranker_on_true_scenes": reranker_reading(trained.reranker, proof_set, device),
         "judges": {name: {"accuracy_on_real": a} for name, a in accuracy.items()},
         "sampling_images_per_second": {k: len(prompts) / s for k, s in seconds.items()},
         "split_images": len(split[0]),
@@ -146,6 +172,8 @@ def print_scene_table(m):
         through = " ".join(f"{k} {v:.1%}" for k, v in c["through_dvae"].items())
         print(f"ceiling, judge {j}: true scenes through the dVAE {through}")
         print(f"wrong, why (judge {j}, {names[-1]}): {m['draws'][columns[-1][0]][j]['reasons']}")
+    reading = " ".join(f"{k} {v['top1']:.1%} / {v['accepted']:.1%}" for k, v in m["reranker_on_true_scenes"].items())
+    print(f"reranker on true scenes, its favourite of the category / accepted: {reading}")
     speed = ", ".join(f"{v:.1f} images/s ({'one draw' if k == '1' else 'first of ' + k})"
                       for k, v in m["sampling_images_per_second"].items())  # fmt: skip
     print(f"{m['samples']} prompts ({m['held_out_prompts']} held-out); sampling {speed}")

@@ -7,9 +7,11 @@ import torch.nn.functional as F
 
 from captions import PALETTE
 from data import to_float
+from evaluate_scenes import reranker_reading
 from prove_scene_scorer import draw_proof_set, mistakes, summarise
 from scene_grammar import CATEGORIES, parse
 from scene_score import MNIST_CENTRE, find_digits, ink_centres, recentre, score
+from scene_training import concept_key, scene_concepts
 from scenes import Item, Renderer, draw_spec, place_spec
 from test_scenes import glyphs
 
@@ -132,3 +134,39 @@ def test_each_mistake_changes_what_the_scene_shows():
         for kind, wrong in mistakes(spec, contents, generator).items():
             assert set(wrong) != set(contents), (category, kind)
             assert len({i.place for i in wrong}) == len(wrong)
+
+
+class TableReader:
+    """A stand-in reranker whose concept probabilities are given, one row per true scene, in order."""
+
+    def __init__(self, rows):
+        self.rows, self.categories = rows, scene_concepts()[2]
+
+    def concept_probabilities(self, images):
+        taken, self.rows = self.rows[: len(images)], self.rows[len(images) :]
+        return taken
+
+
+@pytest.mark.parametrize(
+    "on_truth, elsewhere, same_category, top1, accepted",
+    [
+        (1.0, 0.0, True, 1.0, 1.0),  # certain and right
+        (0.6, 0.4, True, 1.0, 0.0),  # right, but too unsure to be accepted
+        (0.4, 0.6, True, 0.0, 0.0),  # prefers another concept of the category
+        (0.05, 0.95, False, 1.0, 0.0),  # a concept of another category never counts against it
+    ],
+)
+def test_the_reranker_reading_of_true_scenes_is_per_category(on_truth, elsewhere, same_category, top1, accepted):
+    proof_set = draw_proof_set(Renderer(*glyphs()), 4, torch.Generator().manual_seed(0))
+    keys, _, categories = scene_concepts()
+    index = {key: i for i, key in enumerate(keys)}
+    truths = [index[concept_key(s)] for s, kind in zip(proof_set[1], proof_set[2]) if kind == "true"]
+    rows = torch.zeros(len(truths), len(keys))
+    for row, truth in zip(rows, truths):
+        other = next(
+            i for i in range(len(keys)) if i != truth and (categories[i] == categories[truth]) == same_category
+        )
+        row[truth], row[other] = on_truth, elsewhere
+    figures = reranker_reading(TableReader(rows), proof_set, "cpu")
+    assert set(figures) == set(CATEGORIES)
+    assert all(f == {"top1": top1, "accepted": accepted} for f in figures.values()), figures

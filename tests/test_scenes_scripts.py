@@ -9,6 +9,7 @@ import torch
 from checkpoints import load_checkpoint, save_checkpoint
 from conftest import TINY, assert_clean_error, run_script, train_both
 from judge import RECIPES
+from scene_grammar import CATEGORIES
 
 SCENES_TINY = TINY | {
     "dvae": TINY["dvae"] | {"channels": 3, "tiles": 2},
@@ -100,6 +101,11 @@ def test_evaluate_scores_a_scenes_model_per_category_seen_and_held_out_beside_th
             assert categories["position"]["held_out"] is not None and categories["colours"]["held_out"] is None
     assert metrics["held_out_prompts"] == 6  # two in each of counting, position and colour attribution
     assert 0 <= metrics["ceilings"]["A"]["through_dvae"]["overall"] <= 1
+    reading = metrics["reranker_on_true_scenes"]
+    assert set(reading) == set(CATEGORIES) and all(
+        0 <= f[k] <= 1 for f in reading.values() for k in ("top1", "accepted")
+    )
+    assert "reranker on true scenes" in result.stdout
 
 
 def test_summarize_gives_the_scene_categories_over_runs_and_as_a_table(scene_evaluation, tmp_path):
