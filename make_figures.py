@@ -203,6 +203,13 @@ def samples_figure(path, checkpoint_path):
     save(labelled_grid(draw_as_generate(trained, prompts), prompts), path)
 
 
+def show_image(ax, image, title, fontsize=6.5):
+    """One (3, H, W) image on ax, titled, without ticks (the y label stays free for a row name)."""
+    ax.imshow(image.permute(1, 2, 0).numpy())
+    ax.set_title(title, fontsize=fontsize)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
 @torch.no_grad()
 def zero_shot_figure(path, checkpoint_path, per_pair=2):
     """For every digit: its held-out colour (never seen in training) beside a seen one, reranked as generate draws."""
@@ -217,9 +224,7 @@ def zero_shot_figure(path, checkpoint_path, per_pair=2):
     images = draw_as_generate(trained, prompts)
     figure, axes = plt.subplots(len(rows) * per_pair, 10, figsize=(12, 1.45 * len(rows) * per_pair))
     for ax, image, prompt in zip(axes.flat, images, prompts):
-        ax.imshow(image.permute(1, 2, 0).numpy())
-        ax.set_title(prompt, fontsize=7)
-        ax.set_xticks([]), ax.set_yticks([])
+        show_image(ax, image, prompt, fontsize=7)
     for r, (name, _) in enumerate(rows):
         axes[r * per_pair, 0].set_ylabel(name, fontsize=9)
     save(figure, path)
@@ -250,12 +255,6 @@ SCENE_PAIRS = (
 )
 
 
-def show_scene(ax, image, title):
-    ax.imshow(image.permute(1, 2, 0).numpy())
-    ax.set_title(title, fontsize=6.5)
-    ax.set_xticks([]), ax.set_yticks([])
-
-
 @torch.no_grad()
 def scenes_figure(path, checkpoint_path, per_prompt=3):
     """Held-out compositions beside their swapped, seen twins, as generate_mnist.py --guidance 2 draws them."""
@@ -269,7 +268,7 @@ def scenes_figure(path, checkpoint_path, per_prompt=3):
         label = "HELD OUT\n" if spec_held_out(trained_spec(prompt)) else "seen\n"
         title = label + "\n".join(textwrap.wrap(prompt, 16))
         for j in range(per_prompt):
-            show_scene(axes[j, i], images[i * per_prompt + j], title if j == 0 else "")
+            show_image(axes[j, i], images[i * per_prompt + j], title if j == 0 else "")
     save(figure, path)
 
 
@@ -291,7 +290,7 @@ def scene_failures_figure(path, checkpoint_path, judge_dir, data_dir, prompts=24
     for ax in axes.flat:
         ax.axis("off")
     for ax, (i, reason) in zip(axes.flat, wrong[:shown]):
-        show_scene(ax, images[i], "\n".join(textwrap.wrap(captions[i], 24)) + f"\n-> {reason}")
+        show_image(ax, images[i], "\n".join(textwrap.wrap(captions[i], 24)) + f"\n-> {reason}")
     figure.suptitle(f"{len(wrong)} of {len(captions)} benchmark prompts scored wrong (judge A); the first {shown}")
     save(figure, path)
 

@@ -52,15 +52,24 @@ TABLE_HEADER = (
 )
 
 
+def draws_cell(draws):
+    """The table's name for a draw setting: "1", or "first of 8" for reranked draws."""
+    return "1" if draws == "1" else f"first of {draws}"
+
+
+def percent_pair(a, b):
+    """Two shares, judge A / judge B, as percentages."""
+    return f"{100 * a:.1f} / {100 * b:.1f}"
+
+
 def table_rows(m):
     """Markdown rows of one metrics.json: its one-draw set, then its reranked set where there is one."""
     rows = []
     for draws, d in m["draws"].items():
-        kind = "1" if draws == "1" else f"first of {draws}"
         speed = m["sampling_images_per_second"] if draws == "1" else m["reranked_images_per_second"]
         rows.append(
-            f"| {m['guidance']:g} | {m['top_p'] or 'off'} | {kind} "
-            f"| {100 * d['A']['prompt_accuracy']:.1f} / {100 * d['B']['prompt_accuracy']:.1f}% "
+            f"| {m['guidance']:g} | {m['top_p'] or 'off'} | {draws_cell(draws)} "
+            f"| {percent_pair(d['A']['prompt_accuracy'], d['B']['prompt_accuracy'])}% "
             f"| {d['A']['fid_over_dvae']:.2f} / {d['B']['fid_over_dvae']:.2f} "
             f"| {100 * d['near_copies']:.1f}% | {speed:.0f} |"
         )
@@ -77,12 +86,11 @@ def scene_table_rows(m):
     """Markdown rows of one scenes metrics.json: one draw, then reranked; every share judge A / judge B."""
     rows = []
     for draws, judges in m["draws"].items():
-        kind = "1" if draws == "1" else f"first of {draws}"
         a, b = judges["A"], judges["B"]
-        cells = [f"{100 * a['overall']:.1f} / {100 * b['overall']:.1f}%"] + [
-            f"{100 * c['all']:.1f} / {100 * b['categories'][name]['all']:.1f}" for name, c in a["categories"].items()
+        cells = [percent_pair(a["overall"], b["overall"]) + "%"] + [
+            percent_pair(c["all"], b["categories"][name]["all"]) for name, c in a["categories"].items()
         ]
-        rows.append(f"| {m['guidance']:g} | {kind} | " + " | ".join(cells) + " |")
+        rows.append(f"| {m['guidance']:g} | {draws_cell(draws)} | " + " | ".join(cells) + " |")
     return rows
 
 

@@ -3,6 +3,7 @@ a bounded queue, and the page itself in headless Chromium."""
 
 import base64
 import http.client
+import io
 import json
 import os
 import shutil
@@ -13,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
-from torchvision.io import decode_image, encode_png
 
 from captions import encode_prompts
 from checkpoints import dall_e_from_checkpoint, load_checkpoint
@@ -62,13 +63,18 @@ def post(address, body, path="/draw", headers=None):
 
 def pixels(url):
     """A PNG data URL -> (C, H, W) float in [0, 1]."""
-    raw = torch.frombuffer(bytearray(base64.b64decode(url.split(",", 1)[1])), dtype=torch.uint8)
-    return decode_image(raw).float() / 255
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as png:
+        array = np.asarray(png)  # (H, W) grey or (H, W, C)
+    image = torch.from_numpy(array.copy()).float() / 255
+    return image.unsqueeze(0) if image.dim() == 2 else image.permute(2, 0, 1)
 
 
 def png_url(image):
     """(C, H, W) in [0, 1] -> a PNG data URL, as the page sends a drawing."""
-    return "data:image/png;base64," + base64.b64encode(encode_png(image.mul(255).byte()).numpy().tobytes()).decode()
+    pixels = image.mul(255).byte().permute(1, 2, 0).numpy()  # (H, W, C)
+    png = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(png, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
 
 
 def test_watching_the_tokens_does_not_change_them(checkpoint):

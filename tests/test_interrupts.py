@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torchvision.io import decode_image, read_file
+from PIL import Image
 
 from conftest import ROOT, TINY, run_script
 
@@ -264,6 +264,8 @@ def test_generate_killed_at_random_moments_leaves_whole_files(trained, tmp_path)
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         assert len(np.load(out / "samples.npz")["images"]) == 64  # the old file or the new one, never a part
-        assert decode_image(read_file(str(out / "sample.png"))).shape[0] in (3, 4)
+        with Image.open(out / "sample.png") as picture:
+            picture.load()  # decodes every row: a file cut short fails here
+            assert len(picture.getbands()) in (3, 4)
     leftovers = {p.name for p in out.iterdir()} - {"sample.png", "samples.npz"}
     assert all(name.startswith(".") and name.endswith(".dalle-tmp") for name in leftovers)  # a killed writer's, hidden
