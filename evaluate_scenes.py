@@ -28,7 +28,7 @@ from judge import JUDGES, classify, load_or_train_judge
 from prove_scene_scorer import draw_proof_set, summarise
 from rerank import ACCEPT
 from scene_grammar import CATEGORIES, phrasings
-from scene_score import judge_reader, score
+from scene_score import judge_reader, reason_kind, score
 from scene_training import concept_key, scene_concepts
 from scenes import Renderer, draw_spec, held_out_specs, spec_held_out
 
@@ -61,6 +61,12 @@ def share(verdicts, chosen):
     return sum(picked) / len(picked) if picked else None
 
 
+def failure_kinds(verdicts, chosen, most=4):
+    """{kind of reason: its share of the chosen verdicts}, the commonest few (scene_score.reason_kind)."""
+    kinds = Counter(reason_kind(reason) for (right, reason), keep in zip(verdicts, chosen) if keep and not right)
+    return {kind: n / max(1, sum(chosen)) for kind, n in kinds.most_common(most)}
+
+
 def per_category(verdicts, specs, held_out):
     """{category: {all, seen, held_out}}, overall (GenEval's mean over categories) and the commonest reasons."""
     figures = {}
@@ -70,6 +76,7 @@ def per_category(verdicts, specs, held_out):
             "all": share(verdicts, mine),
             "seen": share(verdicts, [m and not h for m, h in zip(mine, held_out)]),
             "held_out": share(verdicts, [m and h for m, h in zip(mine, held_out)]),
+            "wrong_by_kind": failure_kinds(verdicts, mine),
         }
     reasons = Counter(reason for right, reason in verdicts if not right)
     return {
@@ -172,6 +179,14 @@ def print_scene_table(m):
         through = " ".join(f"{k} {v:.1%}" for k, v in c["through_dvae"].items())
         print(f"ceiling, judge {j}: true scenes through the dVAE {through}")
         print(f"wrong, why (judge {j}, {names[-1]}): {m['draws'][columns[-1][0]][j]['reasons']}")
+    for k in m["draws"]:
+        kinds = "; ".join(
+            f"{category}: " + ", ".join(f'"{kind}" {v:.0%}' for kind, v in c["wrong_by_kind"].items())
+            for category, c in m["draws"][k]["A"]["categories"].items()
+            if c["wrong_by_kind"]
+        )
+        draws = "one draw" if k == "1" else f"first of {k}"
+        print(f"wrong, by kind, share of the category's prompts (judge A, {draws}): {kinds}")
     reading = " ".join(f"{k} {v['top1']:.1%} / {v['accepted']:.1%}" for k, v in m["reranker_on_true_scenes"].items())
     print(f"reranker on true scenes, its favourite of the category / accepted: {reading}")
     speed = ", ".join(f"{v:.1f} images/s ({'one draw' if k == '1' else 'first of ' + k})"

@@ -17,6 +17,7 @@ is exact and a digit too many is wrong; every colour asked must be the colour re
 hold between the two digits' centres by more than MARGIN, GenEval's 0.1 of the image.
 """
 
+import re
 from dataclasses import dataclass
 from itertools import permutations
 
@@ -33,6 +34,7 @@ READ_THRESHOLD = 0.3  # a crop reads as any digit this probable: GenEval's detec
 MARGIN = 0.1 * CANVAS  # pixels by which a relation must hold
 MNIST_CENTRE = 16.0  # where a 28x28 MNIST digit padded to 32x32 has its centre of mass, in rows and columns
 COLOURS = {**PALETTE, "white": WHITE}
+COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,9 @@ def check_digits(found, spec, mine):
             d.digit: (sum(d.digit in f.reads for f in found), max((f.reads.get(d.digit, 0) for f in found), default=0))
             for d in spec.digits
         }  # how many found digits read as it, and how likely at best
-        return f"missing the {min(support, key=support.get)}"
+        missing = min(support, key=support.get)
+        twice = [d.digit for d in spec.digits if d.digit != missing and sum(f.top == d.digit for f in found) > 1]
+        return f"missing the {missing}" + (f", the {twice[0]} drawn twice" if twice else "")
     extra = [f.top for f in found if f not in mine]
     return f"an extra {extra[0]}" if extra else None
 
@@ -160,6 +164,11 @@ def verdict(found, spec):
         if reason is None and spec.relation:
             reason = check_relation(spec, mine)
     return reason is None, reason or "right"
+
+
+def reason_kind(reason):
+    """A reason with its digits and colours left out: "the 3 is blue, asked red" -> "the N is C, asked C"."""
+    return COLOUR_WORD.sub("C", re.sub(r"\d", "N", reason))
 
 
 def score(images, specs, reader, threshold=READ_THRESHOLD):

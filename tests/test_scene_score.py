@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from captions import PALETTE
 from data import to_float
-from evaluate_scenes import reranker_reading
+from evaluate_scenes import per_category, reranker_reading
 from prove_scene_scorer import draw_proof_set, mistakes, summarise
 from scene_grammar import CATEGORIES, parse
 from scene_score import MNIST_CENTRE, find_digits, ink_centres, recentre, score
@@ -54,6 +54,8 @@ def test_true_scenes_of_every_category_score_right():
         ("four sevens", [Item(7, None, 0), Item(7, None, 1), Item(7, None, 3)], "counted 3, asked 4"),
         ("three sevens", [Item(7, None, 0), Item(2, None, 1), Item(7, None, 3)], "a 2 among the 7s"),
         ("a three and a seven", [Item(3, None, 0)], "missing the 7"),
+        ("a three and a seven", [Item(3, None, 0), Item(3, None, 3)], "missing the 7, the 3 drawn twice"),
+        ("a red three and a blue seven", [Item(7, "red", 1), Item(7, "blue", 2)], "missing the 3, the 7 drawn twice"),
         ("a three and a seven", [Item(3, None, 0), Item(7, None, 1), Item(5, None, 2)], "an extra 5"),
         ("a seven", [Item(7, None, 0), Item(7, None, 3)], "an extra 7"),
         ("a seven", [], "missing the 7"),
@@ -170,3 +172,20 @@ def test_the_reranker_reading_of_true_scenes_is_per_category(on_truth, elsewhere
     figures = reranker_reading(TableReader(rows), proof_set, "cpu")
     assert set(figures) == set(CATEGORIES)
     assert all(f == {"top1": top1, "accepted": accepted} for f in figures.values()), figures
+
+
+def test_failures_are_counted_by_kind_within_each_category():
+    captions = ["a three and a seven", "a five and a six", "a two and a four", "a red three", "a blue five"]
+    verdicts = [
+        (False, "missing the 7, the 3 drawn twice"),
+        (False, "missing the 5, the 6 drawn twice"),
+        (True, "right"),
+        (False, "the 3 is blue, asked red"),
+        (True, "right"),
+    ]
+    others = ["a seven", "two sevens", "a three above a seven", "a red three and a blue seven"]  # all right
+    captions, verdicts = captions + others, verdicts + [(True, "right")] * len(others)
+    figures = per_category(verdicts, [parse(c) for c in captions], [False] * len(captions))["categories"]
+    assert figures["two_object"]["wrong_by_kind"] == {"missing the N, the N drawn twice": pytest.approx(2 / 3)}
+    assert figures["colours"]["wrong_by_kind"] == {"the N is C, asked C": 0.5}
+    assert figures["counting"]["wrong_by_kind"] == {}
