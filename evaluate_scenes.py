@@ -159,10 +159,15 @@ def percent(value):
     return "  -  " if value is None else f"{value:5.1%}"
 
 
+def draw_name(candidates):
+    """ "one draw", or "first of 8" for the reranked draws."""
+    return "one draw" if candidates == "1" else f"first of {candidates}"
+
+
 def print_scene_table(m):
     """A row per category: one draw and reranked, seen / held-out, per judge; then overall and the ceilings."""
     columns = [(k, j) for k in m["draws"] for j in JUDGES]
-    names = ["one draw" if k == "1" else f"first of {k}" for k, _ in columns]
+    names = [draw_name(k) for k, _ in columns]
     print(
         f"{'category (seen / held-out)':26s} "
         + "  ".join(f"{n + ', judge ' + j:>24s}" for n, (_, j) in zip(names, columns))
@@ -185,10 +190,8 @@ def print_scene_table(m):
             for category, c in m["draws"][k]["A"]["categories"].items()
             if c["wrong_by_kind"]
         )
-        draws = "one draw" if k == "1" else f"first of {k}"
-        print(f"wrong, by kind, share of the category's prompts (judge A, {draws}): {kinds}")
+        print(f"wrong, by kind, share of the category's prompts (judge A, {draw_name(k)}): {kinds}")
     reading = " ".join(f"{k} {v['top1']:.1%} / {v['accepted']:.1%}" for k, v in m["reranker_on_true_scenes"].items())
     print(f"reranker on true scenes, its favourite of the category / accepted: {reading}")
-    speed = ", ".join(f"{v:.1f} images/s ({'one draw' if k == '1' else 'first of ' + k})"
-                      for k, v in m["sampling_images_per_second"].items())  # fmt: skip
+    speed = ", ".join(f"{v:.1f} images/s ({draw_name(k)})" for k, v in m["sampling_images_per_second"].items())
     print(f"{m['samples']} prompts ({m['held_out_prompts']} held-out); sampling {speed}")
